@@ -1,0 +1,272 @@
+//! The JSON of the local API and of `--json` output (version 1).
+//!
+//! Routes live under `/v1/`. The node reads the speaking agent from the `x-meshwork-agent`
+//! header and the idempotency key from `idempotency-key` (the CLI's `--request-id`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::task_id::TaskId;
+
+/// Header naming the local agent that speaks.
+pub const AGENT_HEADER: &str = "x-meshwork-agent";
+/// Header carrying the client's request id; repeating it returns the first answer.
+pub const REQUEST_ID_HEADER: &str = "idempotency-key";
+/// Version of this JSON, served at `GET /v1/status` as `api_version`.
+pub const API_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Open,
+    Claimed,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] =
+        [TaskStatus::Open, TaskStatus::Claimed, TaskStatus::Done, TaskStatus::Failed, TaskStatus::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Open => "open",
+            TaskStatus::Claimed => "claimed",
+            TaskStatus::Done => "done",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Done, failed for good, or cancelled: nothing more happens to the task.
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskStatus::Done | TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(text: &str) -> Result<TaskStatus, String> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| format!("not a task status: {text:?} (open, claimed, done, failed, cancelled)"))
+    }
+}
+
+/// The task object of the contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub title: String,
+    pub description: String,
+    pub status: TaskStatus,
+    /// Open, every dependency done, approved if it needs approval.
+    pub ready: bool,
+    /// Dependencies that are not done yet (and `approval` while approval is missing is
+    /// reported through `needs_approval`/`approved`).
+    pub blocked_by: Vec<TaskId>,
+    pub priority: i64,
+    pub depends_on: Vec<TaskId>,
+    pub requires: Vec<String>,
+    pub prefers: Vec<String>,
+    pub labels: Vec<String>,
+    pub files: Vec<String>,
+    pub lease_ms: u64,
+    pub max_attempts: u32,
+    pub needs_approval: bool,
+    pub approved: bool,
+    pub generation: u32,
+    pub attempts: u32,
+    pub holder: Option<HolderView>,
+    pub progress: Vec<ProgressView>,
+    pub lost_claims: Vec<LostClaimView>,
+    pub handoffs: Vec<HandoffView>,
+    pub checks: Vec<CheckView>,
+    pub result: Option<ResultView>,
+    /// Results of other `done` records, kept beside the accepted one.
+    pub other_results: Vec<ResultView>,
+    pub failure: Option<FailureView>,
+    pub cancelled: Option<FailureView>,
+    /// Other nodes that created a task with this same id; the fields shown are one of them.
+    pub id_conflicts: Vec<String>,
+    /// Records on this task that were ignored: bad signature, non-member signer, malformed.
+    pub rejected_records: u32,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderView {
+    pub agent: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub claim_id: String,
+    pub claimed_at: String,
+    pub lease_until: String,
+    pub quorum: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressView {
+    pub at: String,
+    pub agent: String,
+    pub node_id: String,
+    pub message: String,
+    pub percent: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostClaimView {
+    pub agent: String,
+    pub node_id: String,
+    pub claim_id: String,
+    pub generation: u32,
+    pub claimed_at: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffView {
+    pub at: String,
+    pub agent: String,
+    pub node_id: String,
+    pub commits: Vec<String>,
+    pub files: Vec<String>,
+    pub tests: Vec<String>,
+    pub risks: Vec<String>,
+    pub next: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    pub command: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultView {
+    pub summary: String,
+    /// `agent@node` of the finisher.
+    pub by: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureView {
+    pub reason: String,
+    pub by: String,
+    pub at: String,
+}
+
+/// `POST /v1/tasks`: `meshwork task add`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AddTask {
+    pub id: Option<String>,
+    pub title: String,
+    pub description: String,
+    pub after: Vec<String>,
+    pub requires: Vec<String>,
+    pub prefers: Vec<String>,
+    pub labels: Vec<String>,
+    pub priority: i64,
+    pub lease_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub checks: Vec<String>,
+    pub files: Vec<String>,
+    pub needs_approval: bool,
+}
+
+/// `PATCH /v1/tasks/{id}`: `meshwork task edit`. Absent fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EditTask {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub priority: Option<i64>,
+    pub after: Vec<String>,
+    pub not_after: Vec<String>,
+    pub requires: Option<Vec<String>>,
+    pub prefers: Option<Vec<String>>,
+    pub lease_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+/// `POST /v1/claim`: `meshwork claim ID` or `meshwork claim --next`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClaimTask {
+    pub task: Option<String>,
+    pub next: bool,
+}
+
+/// Body of the text-carrying task operations (release, progress, done, fail, cancel).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskNote {
+    pub text: String,
+    pub percent: Option<u8>,
+}
+
+/// `POST /v1/tasks/{id}/handoff`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HandoffRequest {
+    pub commits: Vec<String>,
+    pub files: Vec<String>,
+    pub tests: Vec<String>,
+    pub risks: Vec<String>,
+    pub next: String,
+}
+
+/// `GET /v1/status`: `meshwork node status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub api_version: u32,
+    pub node_id: String,
+    pub name: String,
+    pub mesh_id: String,
+    pub home: String,
+    pub offline: bool,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerView>,
+    pub tasks: usize,
+    pub rejected_records: u64,
+    /// Files the node could not read at start and left in place.
+    pub skipped_files: Vec<String>,
+    pub started_at: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub node_id: String,
+    pub name: String,
+    pub addrs: Vec<String>,
+    pub connected: bool,
+    pub last_seen: Option<String>,
+}
+
+/// `meshwork init --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitView {
+    pub node_id: String,
+    pub name: String,
+    pub home: String,
+    pub mesh_id: String,
+}
+
+/// One message of an agent's inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub priority: String,
+    pub at: String,
+    pub read: bool,
+    pub acked: bool,
+}

@@ -1,0 +1,40 @@
+//! Limits on everything that comes from outside, named with the unit last.
+//!
+//! Over a limit is `INVALID_INPUT` naming the limit (see [`crate::error`]). The values are
+//! documented in `docs/PROTOCOL.md`; a test keeps the two in step.
+
+/// Longest task title, in bytes of UTF-8.
+pub const TITLE_BYTES_MAX: usize = 200;
+/// Longest task description, in bytes.
+pub const DESCRIPTION_BYTES_MAX: usize = 16 * 1024;
+/// Longest progress message, reason, summary or other free-text field of a record, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 4 * 1024;
+/// Longest short field (a requirement, label, glob, commit, command), in bytes.
+pub const FIELD_BYTES_MAX: usize = 256;
+/// Most items in one list field of a task or record (requirements, checks, files, commits ...).
+pub const LIST_ITEMS_MAX: usize = 64;
+/// Most dependencies of one task.
+pub const DEPENDENCIES_MAX: usize = 64;
+/// Most records one task may carry; further records are refused locally and ignored by the
+/// resolver beyond this count (in record-id order, so every node ignores the same ones).
+pub const RECORDS_PER_TASK_MAX: usize = 4096;
+/// Longest task id, agent name or node name, in bytes.
+pub const NAME_BYTES_MAX: usize = 64;
+/// Largest encoded signed record, in bytes.
+pub const RECORD_BYTES_MAX: usize = 64 * 1024;
+/// Lowest and highest task priority.
+pub const PRIORITY_MIN: i64 = -1000;
+pub const PRIORITY_MAX: i64 = 1000;
+/// Shortest and longest lease a claim may ask for, in milliseconds.
+pub const LEASE_MS_MIN: u64 = 10 * 1000;
+pub const LEASE_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Lease a claim gets when the task names none: 30 minutes.
+pub const LEASE_MS_DEFAULT: u64 = 30 * 60 * 1000;
+/// Highest `max_attempts` a task may set.
+pub const ATTEMPTS_MAX: u32 = 100;
+/// `max_attempts` when the task names none.
+pub const ATTEMPTS_DEFAULT: u32 = 3;
+/// Longest request id a client may send for idempotency, in bytes.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Largest JSON body the local API accepts, in bytes.
+pub const API_BODY_BYTES_MAX: usize = 256 * 1024;
