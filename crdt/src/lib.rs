@@ -1,1 +1,25 @@
-//! placeholder
+//! meshwork's core: the queue document, the deterministic resolver, and the sync engine.
+//!
+//! No I/O, no clock, no OS randomness: time and randomness are parameters. Start reading at
+//! [`resolve::resolve`] (how a task's state follows from its records), then
+//! [`replica::Replica`] (the document plus the state derived from it), then [`sync`].
+
+pub mod document;
+pub mod export;
+pub mod fields;
+pub mod gate;
+pub mod membership;
+pub mod ops;
+pub mod probes;
+pub mod ready;
+pub mod replica;
+pub mod resolve;
+pub mod sync;
+pub mod task;
+#[doc(hidden)]
+pub mod test_support;
+
+pub use document::{DocError, QueueDoc, Touched};
+pub use ops::{Applied, OpError, Speaker};
+pub use replica::{Founded, Replica, TaskEntry};
+pub use resolve::{resolve, TaskState};

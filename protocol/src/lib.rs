@@ -13,6 +13,7 @@ pub mod record;
 pub mod requirement;
 pub mod task_id;
 pub mod time;
+pub mod wire;
 
 pub use error::{ErrorCode, ErrorBody};
 pub use hlc::{Hlc, Stamp};
@@ -21,3 +22,4 @@ pub use probe::Probe;
 pub use record::{Record, RecordBody, RecordId, SignedRecord};
 pub use requirement::Requirement;
 pub use task_id::TaskId;
+pub mod storage;

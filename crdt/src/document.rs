@@ -1,0 +1,349 @@
+//! The queue document on Automerge: its layout, its genesis, and typed reads and writes.
+//!
+//! Layout (every top-level map comes from the genesis change that all nodes share, so no
+//! two nodes ever create one of them concurrently and hide the other's):
+//!
+//! ```text
+//! meta     schema, mesh_id, mesh_name
+//! members  "<node_id>/<record_id>" -> signed membership record (bytes)
+//! probes   "<node_id>/<record_id>" -> signed probe record (bytes)
+//! tasks    "<task_id>" -> map of plain fields, with a nested "depends_on" map created in
+//!          the same change as the task
+//! records  "<task_id>/<record_id>" -> signed task record (bytes)
+//! leases   reserved for named locks
+//! inbox    "<agent@node>/<message_id>" -> message map
+//! ```
+//!
+//! Records sit under flat composite keys, not in per-task maps, so that two nodes creating
+//! the same task id offline can never hide each other's records (invariant 3, nothing lost).
+
+use std::collections::BTreeSet;
+
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, Prop, ReadDoc, ROOT};
+use meshwork_protocol::{NodeId, RecordId, SignedRecord, Stamp, TaskId};
+use sha2::{Digest, Sha256};
+
+use crate::resolve::StoredRecord;
+use crate::task::TaskFields;
+
+/// Actor of the genesis change: the same bytes on every node, so the change is identical.
+pub const GENESIS_ACTOR: &[u8; 16] = b"meshwork-genesis";
+/// Version of the document layout, in `meta.schema`.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Names of the top-level maps, in genesis order.
+pub const TOP_LEVEL_MAPS: [&str; 7] = ["meta", "members", "probes", "tasks", "records", "leases", "inbox"];
+
+/// The object ids of the genesis maps.
+#[derive(Debug, Clone)]
+pub struct TopMaps {
+    pub meta: ObjId,
+    pub members: ObjId,
+    pub probes: ObjId,
+    pub tasks: ObjId,
+    pub records: ObjId,
+    pub leases: ObjId,
+    pub inbox: ObjId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    #[error("the document could not be loaded: {0}")]
+    Load(#[source] AutomergeError),
+    #[error("the document lacks the genesis map {0:?}; it is not a meshwork queue")]
+    NoGenesis(&'static str),
+    #[error("automerge refused a change: {0}")]
+    Automerge(#[from] AutomergeError),
+}
+
+/// The Automerge document of one mesh.
+#[derive(Debug)]
+pub struct QueueDoc {
+    doc: Automerge,
+    maps: TopMaps,
+}
+
+/// The actor id of a node's boot: 12 bytes of a hash of the node key, then the boot counter.
+/// A fresh boot number per start means a node never reuses an actor id after a crash.
+pub fn actor_for(node: &NodeId, boot: u32) -> ActorId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"meshwork-actor-v1\0");
+    hasher.update(node.public_key_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes[..12].copy_from_slice(&digest[..12]);
+    bytes[12..].copy_from_slice(&boot.to_be_bytes());
+    ActorId::from(bytes.as_slice())
+}
+
+/// The boot counter in an actor id of this node, if the actor is one of its boots.
+pub fn boot_of(node: &NodeId, actor: &ActorId) -> Option<u32> {
+    let ours = actor_for(node, 0);
+    let bytes = actor.to_bytes();
+    (bytes.len() == 16 && bytes[..12] == ours.to_bytes()[..12]).then(|| u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]))
+}
+
+impl QueueDoc {
+    /// A document holding only the genesis change.
+    pub fn genesis() -> QueueDoc {
+        let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR.as_slice()));
+        let mut tx = doc.transaction();
+        for name in TOP_LEVEL_MAPS {
+            // A fresh transaction on an empty document: putting a map at the root cannot fail.
+            if tx.put_object(ROOT, name, ObjType::Map).is_err() {
+                unreachable!("genesis put_object on an empty document");
+            }
+        }
+        tx.commit_with(CommitOptions::default().with_time(0).with_message("meshwork genesis".to_owned()));
+        match QueueDoc::from_automerge(doc) {
+            Ok(queue) => queue,
+            Err(_) => unreachable!("the genesis document has every top-level map"),
+        }
+    }
+
+    /// The genesis change's bytes, identical on every node.
+    pub fn genesis_bytes() -> Vec<u8> {
+        QueueDoc::genesis().doc.save()
+    }
+
+    /// Loads a snapshot and incremental chunks. Chunks that fail to load are skipped and
+    /// returned by index so the caller can report them; the rest still load.
+    pub fn load(snapshot: Option<&[u8]>, chunks: &[Vec<u8>]) -> Result<(QueueDoc, Vec<(usize, String)>), DocError> {
+        let mut doc = match snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(DocError::Load)?,
+            None => Automerge::load(&QueueDoc::genesis_bytes()).map_err(DocError::Load)?,
+        };
+        if snapshot.is_some() && doc.get(ROOT, "tasks").ok().flatten().is_none() {
+            doc.load_incremental(&QueueDoc::genesis_bytes()).map_err(DocError::Load)?;
+        }
+        let mut skipped = Vec::new();
+        for (index, chunk) in chunks.iter().enumerate() {
+            if let Err(error) = doc.load_incremental(chunk) {
+                skipped.push((index, error.to_string()));
+            }
+        }
+        Ok((QueueDoc::from_automerge(doc)?, skipped))
+    }
+
+    /// Wraps a document after checking that it descends from the genesis change.
+    pub fn from_automerge(doc: Automerge) -> Result<QueueDoc, DocError> {
+        let map = |name: &'static str| -> Result<ObjId, DocError> {
+            match doc.get(ROOT, name) {
+                Ok(Some((automerge::Value::Object(ObjType::Map), id))) => Ok(id),
+                _ => Err(DocError::NoGenesis(name)),
+            }
+        };
+        let maps = TopMaps {
+            meta: map("meta")?,
+            members: map("members")?,
+            probes: map("probes")?,
+            tasks: map("tasks")?,
+            records: map("records")?,
+            leases: map("leases")?,
+            inbox: map("inbox")?,
+        };
+        Ok(QueueDoc { doc, maps })
+    }
+
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.doc.set_actor(actor);
+    }
+
+    pub fn automerge(&self) -> &Automerge {
+        &self.doc
+    }
+
+    pub fn automerge_mut(&mut self) -> &mut Automerge {
+        &mut self.doc
+    }
+
+    pub fn maps(&self) -> &TopMaps {
+        &self.maps
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Makes one change (one user action is one change) and returns its bytes for storage.
+    /// Nothing is written when `edit` fails.
+    pub fn change<F>(&mut self, time_ms: u64, message: &str, edit: F) -> Result<Vec<u8>, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>, &TopMaps) -> Result<(), AutomergeError>,
+    {
+        let heads_before = self.doc.get_heads();
+        let mut tx = self.doc.transaction();
+        if let Err(error) = edit(&mut tx, &self.maps) {
+            tx.rollback();
+            return Err(DocError::Automerge(error));
+        }
+        let time = i64::try_from(time_ms / 1000).unwrap_or(i64::MAX);
+        tx.commit_with(CommitOptions::default().with_time(time).with_message(message.to_owned()));
+        Ok(self.doc.save_after(&heads_before))
+    }
+
+    /// Applies bytes of changes (a chunk from storage or a peer). Returns what they touched.
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<Touched, DocError> {
+        let before = self.doc.get_heads();
+        self.doc.load_incremental(bytes)?;
+        Ok(self.touched_since(&before))
+    }
+
+    /// What changed between `before` and the current heads.
+    pub fn touched_since(&self, before: &[ChangeHash]) -> Touched {
+        let after = self.doc.get_heads();
+        let mut touched = Touched::default();
+        if before == after.as_slice() {
+            return touched;
+        }
+        for patch in self.doc.diff(before, &after) {
+            touched.note(&patch, &self.maps);
+        }
+        touched
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<String> {
+        read_str(&self.doc, &self.maps.meta, key)
+    }
+
+    /// Every task id, in id order.
+    pub fn task_ids(&self) -> Vec<TaskId> {
+        self.doc.keys(&self.maps.tasks).filter_map(|key| TaskId::new(&key).ok()).collect()
+    }
+
+    /// A task's fields, or `None` when no such task exists (or its map is unreadable).
+    pub fn read_task(&self, id: &TaskId) -> Option<TaskFields> {
+        let all = self.doc.get_all(&self.maps.tasks, id.as_str()).ok()?;
+        let (_, object) = self.doc.get(&self.maps.tasks, id.as_str()).ok()??;
+        let mut fields = crate::fields::read_fields(&self.doc, &object, id)?;
+        fields.id_conflicts = all
+            .iter()
+            .filter(|(_, other)| *other != object)
+            .filter_map(|(_, other)| read_str(&self.doc, other, "created_by")?.parse().ok())
+            .collect();
+        Some(fields)
+    }
+
+    /// The records stored under a task, decoded; undecodable bytes come back as `Invalid`.
+    pub fn read_task_records(&self, id: &TaskId) -> Vec<StoredRecord> {
+        let start = format!("{id}/");
+        let end = format!("{id}0"); // '0' follows '/' in ASCII, and no id contains '/'.
+        self.doc
+            .map_range(&self.maps.records, start..end)
+            .map(|item| match value_bytes(&item.value).map(SignedRecord::decode) {
+                Some(Ok(signed)) if item.key.ends_with(&signed.id().to_string()) => StoredRecord::Valid(signed),
+                _ => StoredRecord::Invalid,
+            })
+            .collect()
+    }
+
+    /// Every signed record of one of the flat record maps (`members`, `probes`), decoded;
+    /// the second value counts entries that did not decode.
+    pub fn read_flat_records(&self, map: &ObjId) -> (Vec<SignedRecord>, u32) {
+        let mut valid = Vec::new();
+        let mut invalid = 0;
+        for item in self.doc.map_range(map, ..) {
+            match value_bytes(&item.value).map(SignedRecord::decode) {
+                Some(Ok(signed)) => valid.push(signed),
+                _ => invalid += 1,
+            }
+        }
+        (valid, invalid)
+    }
+
+    /// The highest stamp on any record this node signed: a restarted clock starts after it.
+    pub fn highest_stamp_of(&self, node: &NodeId) -> Stamp {
+        let mut highest = Stamp::default();
+        for map in [&self.maps.records, &self.maps.members, &self.maps.probes] {
+            for item in self.doc.map_range(map, ..) {
+                if let Some(Ok(signed)) = value_bytes(&item.value).map(SignedRecord::decode) {
+                    if signed.record().signer == *node {
+                        highest = highest.max(signed.record().stamp);
+                    }
+                }
+            }
+        }
+        highest
+    }
+
+    /// The highest boot number of this node that appears among the document's actors.
+    pub fn highest_boot_of(&self, node: &NodeId) -> Option<u32> {
+        self.doc.get_changes_meta(&[]).iter().filter_map(|meta| boot_of(node, &meta.actor)).max()
+    }
+}
+
+/// Key of a record under a task in the `records` map.
+pub fn record_key(task: &TaskId, record: RecordId) -> String {
+    format!("{task}/{record}")
+}
+
+/// Key of a membership or probe record in its flat map.
+pub fn node_record_key(node: &NodeId, record: RecordId) -> String {
+    format!("{node}/{record}")
+}
+
+/// Puts a signed task record under its task.
+pub fn put_task_record(tx: &mut Transaction<'_>, maps: &TopMaps, task: &TaskId, signed: &SignedRecord) -> Result<(), AutomergeError> {
+    tx.put(&maps.records, record_key(task, signed.id()), signed.bytes().to_vec())
+}
+
+pub(crate) fn read_str(doc: &Automerge, object: &ObjId, key: &str) -> Option<String> {
+    match doc.get(object, key).ok()?? {
+        (automerge::Value::Scalar(value), _) => value.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The bytes of a map entry, if it holds bytes.
+fn value_bytes<'a>(value: &'a automerge::ValueRef<'_>) -> Option<&'a [u8]> {
+    match value {
+        automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// What a set of changes touched, so the view refreshes only that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub tasks: BTreeSet<TaskId>,
+    pub members: bool,
+    pub probes: bool,
+    pub meta: bool,
+    pub inbox: bool,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && !self.members && !self.probes && !self.meta && !self.inbox
+    }
+
+    fn note(&mut self, patch: &Patch, maps: &TopMaps) {
+        let key = match &patch.action {
+            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key.as_str()),
+            _ => None,
+        };
+        let task_of = |text: &str| TaskId::new(text.split('/').next().unwrap_or(text)).ok();
+        let top = patch.path.first().map(|(object, _)| object);
+        if patch.obj == maps.tasks || patch.obj == maps.records {
+            self.tasks.extend(key.and_then(task_of));
+        } else if top == Some(&ROOT) && matches!(patch.path.first(), Some((_, Prop::Map(name))) if name == "tasks") {
+            if let Some((_, Prop::Map(id))) = patch.path.get(1) {
+                self.tasks.extend(task_of(id));
+            }
+        } else if patch.obj == maps.members {
+            self.members = true;
+        } else if patch.obj == maps.probes {
+            self.probes = true;
+        } else if patch.obj == maps.meta {
+            self.meta = true;
+        } else if patch.obj == maps.inbox || patch.path.iter().any(|(object, _)| *object == maps.inbox) {
+            self.inbox = true;
+        }
+    }
+}

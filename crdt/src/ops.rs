@@ -1,0 +1,441 @@
+//! Local operations: what an agent asks its node to do, checked against the derived state,
+//! written as one change each. Every refusal carries a contract error code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshwork_protocol::api::{AddTask, EditTask, HandoffRequest, TaskStatus};
+use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::limits::*;
+use meshwork_protocol::record::{Claim, Handoff};
+use meshwork_protocol::time::format_rfc3339_ms;
+use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, RecordBody, RecordId, Requirement, SignedRecord, TaskId};
+
+use crate::document::{node_record_key, put_task_record, DocError};
+use crate::fields::{write_edit, write_new_task, FieldEdit};
+use crate::gate;
+use crate::ready::cycle_through;
+use crate::replica::{Replica, TaskEntry};
+use crate::task::TaskFields;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    #[error("{0}")]
+    Refused(ErrorBody),
+    #[error("the document has no mesh id; run `meshwork init`")]
+    NoMesh,
+    #[error("could not sign a record: {0}")]
+    Record(String),
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
+
+impl OpError {
+    fn refused(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError::Refused(ErrorBody::new(code, message))
+    }
+
+    /// The contract error this failure shows as.
+    pub fn to_error_body(&self) -> ErrorBody {
+        match self {
+            OpError::Refused(body) => body.clone(),
+            other => ErrorBody::new(ErrorCode::Internal, other.to_string()),
+        }
+    }
+}
+
+impl From<ErrorBody> for OpError {
+    fn from(body: ErrorBody) -> OpError {
+        OpError::Refused(body)
+    }
+}
+
+/// Who asks: the node's key (it signs) and the local agent it vouches for.
+#[derive(Debug, Clone, Copy)]
+pub struct Speaker<'a> {
+    pub key: &'a NodeKey,
+    pub agent: &'a AgentName,
+}
+
+/// A successful operation: the change to persist (empty if nothing changed) and its task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub changes: Vec<u8>,
+    pub task: TaskId,
+}
+
+fn check_text(what: &str, text: &str, limit_name: &str, limit: usize) -> Result<(), ErrorBody> {
+    if text.len() > limit { Err(ErrorBody::over_limit(what, limit_name, limit)) } else { Ok(()) }
+}
+
+fn check_list(what: &str, items: &[String]) -> Result<(), ErrorBody> {
+    if items.len() > LIST_ITEMS_MAX {
+        return Err(ErrorBody::over_limit(&format!("the number of {what}"), "LIST_ITEMS_MAX", LIST_ITEMS_MAX));
+    }
+    for item in items {
+        check_text(&format!("one of {what}"), item, "FIELD_BYTES_MAX", FIELD_BYTES_MAX)?;
+        if item.is_empty() {
+            return Err(ErrorBody::invalid_input(format!("one of {what} is empty")));
+        }
+    }
+    Ok(())
+}
+
+fn parse_requirements(what: &str, texts: &[String]) -> Result<Vec<Requirement>, ErrorBody> {
+    check_list(what, texts)?;
+    let mut requirements: Vec<Requirement> =
+        texts.iter().map(|text| text.parse().map_err(|error: meshwork_protocol::requirement::RequirementError| ErrorBody::invalid_input(error.to_string()))).collect::<Result<_, _>>()?;
+    requirements.sort();
+    requirements.dedup();
+    Ok(requirements)
+}
+
+fn parse_task_ids(texts: &[String]) -> Result<BTreeSet<TaskId>, ErrorBody> {
+    if texts.len() > DEPENDENCIES_MAX {
+        return Err(ErrorBody::over_limit("the number of dependencies", "DEPENDENCIES_MAX", DEPENDENCIES_MAX));
+    }
+    texts.iter().map(|text| TaskId::new(text).map_err(|error| ErrorBody::invalid_input(error.to_string()))).collect()
+}
+
+fn check_priority(priority: i64) -> Result<(), ErrorBody> {
+    if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid_input(format!("priority {priority} is outside PRIORITY_MIN..=PRIORITY_MAX ({PRIORITY_MIN}..={PRIORITY_MAX})")))
+    }
+}
+
+fn check_lease(lease_ms: u64) -> Result<(), ErrorBody> {
+    if (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid_input(format!("lease of {lease_ms} ms is outside LEASE_MS_MIN..=LEASE_MS_MAX ({LEASE_MS_MIN}..={LEASE_MS_MAX} ms)")))
+    }
+}
+
+fn check_attempts(attempts: u32) -> Result<(), ErrorBody> {
+    if (1..=ATTEMPTS_MAX).contains(&attempts) {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid_input(format!("max attempts {attempts} is outside 1..=ATTEMPTS_MAX (1..={ATTEMPTS_MAX})")))
+    }
+}
+
+impl Replica {
+    fn entry_or_not_found(&self, id: &TaskId) -> Result<&TaskEntry, OpError> {
+        self.task(id).ok_or_else(|| OpError::refused(ErrorCode::NotFound, format!("no task {id}; list tasks with `meshwork task list`")))
+    }
+
+    fn dependency_edges(&self) -> BTreeMap<TaskId, BTreeSet<TaskId>> {
+        self.tasks().iter().map(|(id, entry)| (id.clone(), entry.fields.depends_on.clone())).collect()
+    }
+
+    fn refuse_cycle(&self, task: &TaskId, dependencies: &BTreeSet<TaskId>) -> Result<(), OpError> {
+        if let Some(cycle) = cycle_through(task, dependencies, &self.dependency_edges()) {
+            let path: Vec<&str> = cycle.iter().map(TaskId::as_str).collect();
+            return Err(OpError::refused(ErrorCode::InvalidInput, format!("dependency cycle: {}", path.join(" -> "))));
+        }
+        Ok(())
+    }
+
+    fn refuse_unknown(&self, dependencies: &BTreeSet<TaskId>) -> Result<(), OpError> {
+        match dependencies.iter().find(|id| self.task(id).is_none()) {
+            Some(missing) => Err(OpError::refused(ErrorCode::NotFound, format!("no task {missing} to depend on"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `task add`: validates every field against the limits and creates the task.
+    pub fn add_task(&mut self, speaker: Speaker<'_>, request: &AddTask, now_ms: u64, random: u64) -> Result<Applied, OpError> {
+        check_text("the title", &request.title, "TITLE_BYTES_MAX", TITLE_BYTES_MAX)?;
+        if request.title.trim().is_empty() {
+            return Err(OpError::refused(ErrorCode::InvalidInput, "the title is empty"));
+        }
+        check_text("the description", &request.description, "DESCRIPTION_BYTES_MAX", DESCRIPTION_BYTES_MAX)?;
+        check_list("labels", &request.labels)?;
+        check_list("checks", &request.checks)?;
+        check_list("files", &request.files)?;
+        check_priority(request.priority)?;
+        let requires = parse_requirements("requirements", &request.requires)?;
+        let prefers = parse_requirements("preferences", &request.prefers)?;
+        let lease_ms = request.lease_ms.unwrap_or(LEASE_MS_DEFAULT);
+        check_lease(lease_ms)?;
+        let max_attempts = request.max_attempts.unwrap_or(ATTEMPTS_DEFAULT);
+        check_attempts(max_attempts)?;
+        let depends_on = parse_task_ids(&request.after)?;
+        self.refuse_unknown(&depends_on)?;
+        let created_at = self.stamp(now_ms);
+        let id = match &request.id {
+            Some(text) => TaskId::new(text).map_err(|error| ErrorBody::invalid_input(error.to_string()))?,
+            None => TaskId::generate(&self.node(), created_at, random),
+        };
+        if self.task(&id).is_some() {
+            return Err(OpError::refused(ErrorCode::Conflict, format!("a task {id} exists already; pick another id")));
+        }
+        self.refuse_cycle(&id, &depends_on)?;
+        let fields = TaskFields {
+            id: id.clone(),
+            title: request.title.clone(),
+            description: request.description.clone(),
+            priority: request.priority,
+            labels: request.labels.clone(),
+            depends_on,
+            requires,
+            prefers,
+            checks: request.checks.clone(),
+            files: request.files.clone(),
+            lease_ms,
+            max_attempts,
+            needs_approval: request.needs_approval,
+            created_by: self.node(),
+            created_at,
+            id_conflicts: Vec::new(),
+        };
+        let message = format!("add {id} by {}", speaker.agent);
+        let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_new_task(tx, maps, &fields))?;
+        self.refresh_after_local(&id, now_ms);
+        Ok(Applied { changes, task: id })
+    }
+
+    /// `task edit`.
+    pub fn edit_task(&mut self, speaker: Speaker<'_>, id: &TaskId, request: &EditTask, now_ms: u64) -> Result<Applied, OpError> {
+        let entry = self.entry_or_not_found(id)?;
+        let current = entry.fields.depends_on.clone();
+        if let Some(title) = &request.title {
+            check_text("the title", title, "TITLE_BYTES_MAX", TITLE_BYTES_MAX)?;
+        }
+        if let Some(description) = &request.description {
+            check_text("the description", description, "DESCRIPTION_BYTES_MAX", DESCRIPTION_BYTES_MAX)?;
+        }
+        if let Some(priority) = request.priority {
+            check_priority(priority)?;
+        }
+        if let Some(lease_ms) = request.lease_ms {
+            check_lease(lease_ms)?;
+        }
+        if let Some(attempts) = request.max_attempts {
+            check_attempts(attempts)?;
+        }
+        let add = parse_task_ids(&request.after)?;
+        let remove = parse_task_ids(&request.not_after)?;
+        self.refuse_unknown(&add)?;
+        let after_edit: BTreeSet<TaskId> = current.union(&add).filter(|dep| !remove.contains(*dep)).cloned().collect();
+        if after_edit.len() > DEPENDENCIES_MAX {
+            return Err(ErrorBody::over_limit("the number of dependencies", "DEPENDENCIES_MAX", DEPENDENCIES_MAX).into());
+        }
+        self.refuse_cycle(id, &add)?;
+        let edit = FieldEdit {
+            title: request.title.clone(),
+            description: request.description.clone(),
+            priority: request.priority,
+            add_dependencies: add.into_iter().collect(),
+            remove_dependencies: remove.into_iter().filter(|dep| current.contains(dep)).collect(),
+            requires: request.requires.as_deref().map(|texts| parse_requirements("requirements", texts)).transpose()?,
+            prefers: request.prefers.as_deref().map(|texts| parse_requirements("preferences", texts)).transpose()?,
+            lease_ms: request.lease_ms,
+            max_attempts: request.max_attempts,
+        };
+        let message = format!("edit {id} by {}", speaker.agent);
+        let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_edit(tx, maps, id, &edit))?;
+        self.refresh_after_local(id, now_ms);
+        Ok(Applied { changes, task: id.clone() })
+    }
+
+    /// Writes one signed record under a task as one change.
+    fn put_record(&mut self, speaker: Speaker<'_>, id: &TaskId, body: RecordBody, now_ms: u64) -> Result<Applied, OpError> {
+        let signed = self.sign(speaker.key, Some(speaker.agent.clone()), body, now_ms)?;
+        if self.task(id).is_some_and(|entry| entry.state.claims.len() + entry.state.progress.len() + entry.state.handoffs.len() >= RECORDS_PER_TASK_MAX) {
+            return Err(ErrorBody::over_limit(&format!("the number of records on {id}"), "RECORDS_PER_TASK_MAX", RECORDS_PER_TASK_MAX).into());
+        }
+        let message = format!("{} {id} by {}", signed.record().kind(), speaker.agent);
+        let changes = self.doc_mut().change(now_ms, &message, |tx, maps| put_task_record(tx, maps, id, &signed))?;
+        self.refresh_after_local(id, now_ms);
+        Ok(Applied { changes, task: id.clone() })
+    }
+
+    fn refresh_after_local(&mut self, id: &TaskId, now_ms: u64) {
+        let touched = crate::document::Touched { tasks: [id.clone()].into_iter().collect(), ..Default::default() };
+        self.refresh(&touched, now_ms);
+    }
+
+    /// The hard requirements this node's newest probe lacks for a task.
+    pub fn unmet_here(&self, entry: &TaskEntry) -> Vec<String> {
+        if entry.fields.requires.is_empty() {
+            return Vec::new();
+        }
+        let probe = self.probes().latest(&self.node()).map(|(_, entry)| &entry.probe);
+        gate::unmet(&entry.fields.requires, probe)
+    }
+
+    /// `claim ID`: checks readiness and gates, then signs a claim of the open generation (or
+    /// of the next one, taking over a lease that expired by this node's clock).
+    pub fn claim(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
+        let entry = self.entry_or_not_found(id)?;
+        let state = &entry.state;
+        if state.status.is_finished() {
+            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {}", state.status.as_str())));
+        }
+        let mut generation = state.generation;
+        if let Some(holder) = &state.holder {
+            if holder.node == self.node() && holder.agent.as_ref() == Some(speaker.agent) {
+                return Ok(Applied { changes: Vec::new(), task: id.clone() });
+            }
+            if now_ms <= holder.lease_until_ms {
+                let who = holder.agent.as_ref().map_or_else(|| holder.node.to_string(), |agent| format!("{agent}@{}", self.node_name(&holder.node)));
+                return Err(OpError::Refused(
+                    ErrorBody::new(ErrorCode::Conflict, format!("task {id} is held by {who} until {}", format_rfc3339_ms(holder.lease_until_ms))).retryable(),
+                ));
+            }
+            generation += 1; // takeover of an expired lease
+        }
+        let blocked = self.blocked_by(entry);
+        if !blocked.is_empty() {
+            let names: Vec<&str> = blocked.iter().map(TaskId::as_str).collect();
+            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} waits on {}", names.join(", "))));
+        }
+        if entry.fields.needs_approval && !state.approved {
+            return Err(OpError::refused(ErrorCode::GateRefused, format!("task {id} needs approval first: `meshwork approve {id}`")));
+        }
+        let unmet = self.unmet_here(entry);
+        if !unmet.is_empty() {
+            return Err(OpError::refused(ErrorCode::GateRefused, format!("this machine cannot run {id}: {}", unmet.join("; "))));
+        }
+        let claim = Claim {
+            task: id.clone(),
+            generation,
+            lamport: state.lamport_max + 1,
+            lease_ms: entry.fields.lease_ms,
+            probe: self.probes().latest(&self.node()).map(|(probe_id, _)| probe_id),
+            quorum: false,
+        };
+        let applied = self.put_record(speaker, id, RecordBody::Claim(claim), now_ms)?;
+        self.confirm_holder(speaker, id)?;
+        Ok(applied)
+    }
+
+    /// After a claim: the speaker must be the holder now, or the claim lost.
+    fn confirm_holder(&self, speaker: Speaker<'_>, id: &TaskId) -> Result<(), OpError> {
+        match self.task(id).and_then(|entry| entry.state.holder.as_ref()) {
+            Some(holder) if holder.node == self.node() && holder.agent.as_ref() == Some(speaker.agent) => Ok(()),
+            _ => Err(OpError::refused(ErrorCode::Conflict, format!("the claim of {id} lost; see `meshwork task show {id}`"))),
+        }
+    }
+
+    /// `claim --next`: the best ready task this machine can run.
+    pub fn claim_next(&mut self, speaker: Speaker<'_>, now_ms: u64) -> Result<Applied, OpError> {
+        let candidates: Vec<TaskId> =
+            self.ready_tasks().into_iter().filter(|entry| self.unmet_here(entry).is_empty()).map(|entry| entry.fields.id.clone()).collect();
+        let first = candidates.first().ok_or_else(|| OpError::refused(ErrorCode::NotFound, "no task is ready for this machine"))?;
+        self.claim(speaker, &first.clone(), now_ms)
+    }
+
+    /// The speaker's won claim on a task, or `NOT_OWNER`/`INVALID_TRANSITION`.
+    fn held_claim(&self, speaker: Speaker<'_>, id: &TaskId) -> Result<(RecordId, u64), OpError> {
+        let entry = self.entry_or_not_found(id)?;
+        let Some(holder) = &entry.state.holder else {
+            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {}, not claimed", entry.state.status.as_str())));
+        };
+        if holder.node != self.node() || holder.agent.as_ref() != Some(speaker.agent) {
+            let who = holder.agent.as_ref().map_or_else(String::new, |agent| format!("{agent}@"));
+            return Err(OpError::refused(ErrorCode::NotOwner, format!("task {id} is held by {who}{}", self.node_name(&holder.node))));
+        }
+        Ok((holder.claim, holder.lease_until_ms))
+    }
+
+    /// `renew`: extends the speaker's lease; refused once it expired (claim again instead).
+    pub fn renew(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
+        let (claim, lease_until_ms) = self.held_claim(speaker, id)?;
+        if now_ms > lease_until_ms {
+            return Err(OpError::refused(ErrorCode::Conflict, format!("the lease on {id} expired at {}; claim it again", format_rfc3339_ms(lease_until_ms))));
+        }
+        self.put_record(speaker, id, RecordBody::Renew { task: id.clone(), claim }, now_ms)
+    }
+
+    pub fn release(&mut self, speaker: Speaker<'_>, id: &TaskId, reason: &str, now_ms: u64) -> Result<Applied, OpError> {
+        check_text("the reason", reason, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        let (claim, _) = self.held_claim(speaker, id)?;
+        self.put_record(speaker, id, RecordBody::Release { task: id.clone(), claim, reason: reason.to_owned() }, now_ms)
+    }
+
+    pub fn progress(&mut self, speaker: Speaker<'_>, id: &TaskId, message: &str, percent: Option<u8>, now_ms: u64) -> Result<Applied, OpError> {
+        check_text("the message", message, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        if percent.is_some_and(|percent| percent > 100) {
+            return Err(OpError::refused(ErrorCode::InvalidInput, "percent must be 0 to 100"));
+        }
+        let (claim, _) = self.held_claim(speaker, id)?;
+        let body = RecordBody::Progress { task: id.clone(), claim, message: message.to_owned(), percent };
+        self.put_record(speaker, id, body, now_ms)
+    }
+
+    pub fn handoff(&mut self, speaker: Speaker<'_>, id: &TaskId, request: &HandoffRequest, now_ms: u64) -> Result<Applied, OpError> {
+        for (what, items) in [("commits", &request.commits), ("files", &request.files), ("tests", &request.tests), ("risks", &request.risks)] {
+            check_list(what, items)?;
+        }
+        check_text("the next step", &request.next, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        let (claim, _) = self.held_claim(speaker, id)?;
+        let handoff = Handoff {
+            task: id.clone(),
+            claim,
+            commits: request.commits.clone(),
+            files: request.files.clone(),
+            tests: request.tests.clone(),
+            risks: request.risks.clone(),
+            next: request.next.clone(),
+        };
+        self.put_record(speaker, id, RecordBody::Handoff(handoff), now_ms)
+    }
+
+    pub fn done(&mut self, speaker: Speaker<'_>, id: &TaskId, summary: &str, now_ms: u64) -> Result<Applied, OpError> {
+        check_text("the summary", summary, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        let (claim, _) = self.held_claim(speaker, id)?;
+        self.put_record(speaker, id, RecordBody::Done { task: id.clone(), claim, summary: summary.to_owned() }, now_ms)
+    }
+
+    pub fn fail(&mut self, speaker: Speaker<'_>, id: &TaskId, reason: &str, now_ms: u64) -> Result<Applied, OpError> {
+        check_text("the reason", reason, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        if reason.trim().is_empty() {
+            return Err(OpError::refused(ErrorCode::InvalidInput, "a failure needs a reason"));
+        }
+        let (claim, _) = self.held_claim(speaker, id)?;
+        self.put_record(speaker, id, RecordBody::Fail { task: id.clone(), claim, reason: reason.to_owned() }, now_ms)
+    }
+
+    pub fn approve(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
+        let entry = self.entry_or_not_found(id)?;
+        if entry.state.approved {
+            return Ok(Applied { changes: Vec::new(), task: id.clone() });
+        }
+        self.put_record(speaker, id, RecordBody::Approve { task: id.clone() }, now_ms)
+    }
+
+    pub fn cancel(&mut self, speaker: Speaker<'_>, id: &TaskId, reason: &str, now_ms: u64) -> Result<Applied, OpError> {
+        check_text("the reason", reason, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
+        let entry = self.entry_or_not_found(id)?;
+        match entry.state.status {
+            TaskStatus::Cancelled => return Ok(Applied { changes: Vec::new(), task: id.clone() }),
+            TaskStatus::Done | TaskStatus::Failed => {
+                return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {} already", entry.state.status.as_str())));
+            }
+            TaskStatus::Open | TaskStatus::Claimed => {}
+        }
+        self.put_record(speaker, id, RecordBody::Cancel { task: id.clone(), reason: reason.to_owned() }, now_ms)
+    }
+
+    /// Publishes this machine's probe when it differs from the newest one it published.
+    /// Returns the change, or `None` when the probe is unchanged.
+    pub fn publish_probe(&mut self, key: &NodeKey, mut probe: Probe, now_ms: u64) -> Result<Option<Vec<u8>>, OpError> {
+        probe.canonicalize();
+        if self.probes().latest(&self.node()).is_some_and(|(_, entry)| entry.probe == probe) {
+            return Ok(None);
+        }
+        let signed: SignedRecord = self.sign(key, None, RecordBody::Probe(probe), now_ms)?;
+        let node = self.node();
+        let changes = self.doc_mut().change(now_ms, "probe", |tx, maps| {
+            use automerge::transaction::Transactable;
+            tx.put(&maps.probes, node_record_key(&node, signed.id()), signed.bytes().to_vec())
+        })?;
+        let touched = crate::document::Touched { probes: true, ..Default::default() };
+        self.refresh(&touched, now_ms);
+        Ok(Some(changes))
+    }
+}

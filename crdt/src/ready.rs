@@ -1,0 +1,95 @@
+//! Readiness over `depends_on`, and the cycle check that guards edits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshwork_protocol::TaskId;
+use meshwork_protocol::api::TaskStatus;
+
+/// What readiness needs to know of one task.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyInput<'a> {
+    pub status: TaskStatus,
+    pub depends_on: &'a BTreeSet<TaskId>,
+    pub needs_approval: bool,
+    pub approved: bool,
+}
+
+/// Dependencies of a task that are not done (unknown ids count as not done).
+pub fn blocked_by(depends_on: &BTreeSet<TaskId>, status_of: impl Fn(&TaskId) -> Option<TaskStatus>) -> Vec<TaskId> {
+    depends_on.iter().filter(|dependency| status_of(dependency) != Some(TaskStatus::Done)).cloned().collect()
+}
+
+/// A task is ready when it is open, every dependency is done, and it is approved if it
+/// needs approval.
+pub fn is_ready(input: ReadyInput<'_>, status_of: impl Fn(&TaskId) -> Option<TaskStatus>) -> bool {
+    input.status == TaskStatus::Open
+        && (!input.needs_approval || input.approved)
+        && input.depends_on.iter().all(|dependency| status_of(dependency) == Some(TaskStatus::Done))
+}
+
+/// The cycle that making `task` depend on `new_dependencies` would close, as a path
+/// `task -> ... -> task`, or `None`. `edges` gives each task's current dependencies.
+pub fn cycle_through(
+    task: &TaskId,
+    new_dependencies: &BTreeSet<TaskId>,
+    edges: &BTreeMap<TaskId, BTreeSet<TaskId>>,
+) -> Option<Vec<TaskId>> {
+    // Depth-first search from each new dependency back to `task`, keeping the path.
+    let mut visited: BTreeSet<&TaskId> = BTreeSet::new();
+    for start in new_dependencies {
+        let mut stack: Vec<(&TaskId, Vec<TaskId>)> = vec![(start, vec![task.clone(), start.clone()])];
+        while let Some((current, path)) = stack.pop() {
+            if current == task {
+                return Some(path);
+            }
+            if !visited.insert(current) {
+                continue;
+            }
+            let next = if current == task { Some(new_dependencies) } else { edges.get(current) };
+            for dependency in next.into_iter().flatten() {
+                let mut longer = path.clone();
+                longer.push(dependency.clone());
+                stack.push((dependency, longer));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> TaskId {
+        TaskId::new(text).unwrap()
+    }
+
+    fn set(ids: &[&str]) -> BTreeSet<TaskId> {
+        ids.iter().map(|text| id(text)).collect()
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_found_and_named() {
+        let mut edges = BTreeMap::new();
+        edges.insert(id("a"), set(&["b"]));
+        edges.insert(id("b"), set(&["c"]));
+        edges.insert(id("c"), set(&[]));
+        let cycle = cycle_through(&id("c"), &set(&["a"]), &edges).unwrap();
+        assert_eq!(cycle, vec![id("c"), id("a"), id("b"), id("c")]);
+        assert_eq!(cycle_through(&id("a"), &set(&["a"]), &edges), Some(vec![id("a"), id("a")]));
+        assert_eq!(cycle_through(&id("a"), &set(&["c"]), &edges), None);
+    }
+
+    #[test]
+    fn ready_needs_open_done_dependencies_and_approval() {
+        let deps = set(&["x"]);
+        let status = |done: bool| move |_: &TaskId| Some(if done { TaskStatus::Done } else { TaskStatus::Open });
+        let input = ReadyInput { status: TaskStatus::Open, depends_on: &deps, needs_approval: false, approved: false };
+        assert!(is_ready(input, status(true)));
+        assert!(!is_ready(input, status(false)));
+        assert!(!is_ready(ReadyInput { needs_approval: true, ..input }, status(true)));
+        assert!(!is_ready(ReadyInput { status: TaskStatus::Claimed, ..input }, status(true)));
+        assert!(!is_ready(input, |_: &TaskId| None));
+        assert_eq!(blocked_by(&deps, status(false)), vec![id("x")]);
+    }
+}

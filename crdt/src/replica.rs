@@ -1,0 +1,235 @@
+//! A replica: the document, the state derived from it, and this node's clock.
+//!
+//! The derived state is a cache of pure functions of the document: members and probes from
+//! their records, each task's [`TaskState`] from [`resolve`]. After any change the touched
+//! tasks are resolved again; a membership or probe change resolves every task again.
+
+use std::collections::BTreeMap;
+
+use meshwork_protocol::api::TaskStatus;
+use meshwork_protocol::record::{Membership, MembershipAction, RECORD_VERSION};
+use meshwork_protocol::{AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, SignedRecord, Stamp, TaskId};
+
+use crate::document::{actor_for, node_record_key, DocError, QueueDoc, Touched, SCHEMA_VERSION};
+use crate::membership::MemberSet;
+use crate::probes::ProbeBook;
+use crate::ready::{self, ReadyInput};
+use crate::resolve::{resolve, ResolveContext, TaskState};
+use crate::task::TaskFields;
+
+/// One task as the replica knows it.
+#[derive(Debug, Clone)]
+pub struct TaskEntry {
+    pub fields: TaskFields,
+    pub state: TaskState,
+}
+
+/// The queue as one node holds it.
+#[derive(Debug)]
+pub struct Replica {
+    doc: QueueDoc,
+    node: NodeId,
+    mesh: Option<MeshId>,
+    hlc: Hlc,
+    members: MemberSet,
+    probes: ProbeBook,
+    tasks: BTreeMap<TaskId, TaskEntry>,
+    /// Membership and probe entries that did not decode.
+    undecodable_flat: u32,
+}
+
+/// The founding of a new mesh: the replica and the changes to persist.
+#[derive(Debug)]
+pub struct Founded {
+    pub replica: Replica,
+    pub changes: Vec<Vec<u8>>,
+}
+
+impl Replica {
+    /// Creates a mesh of one: the genesis change, then a change with the mesh's meta and
+    /// the founder's self-signed membership record.
+    pub fn found(key: &NodeKey, boot: u32, node_name: &str, mesh_name: &str, now_ms: u64) -> Result<Founded, DocError> {
+        let mut doc = QueueDoc::genesis();
+        let genesis = doc.save();
+        doc.set_actor(actor_for(&key.node_id(), boot));
+        let mut hlc = Hlc::default();
+        let stamp = hlc.now(now_ms);
+        let mesh = MeshId::derive(&key.node_id(), stamp.wall_ms);
+        let membership = Membership {
+            action: MembershipAction::Add,
+            member: key.node_id(),
+            name: node_name.to_owned(),
+            roles: vec!["founder".to_owned()],
+        };
+        let record = Record {
+            version: RECORD_VERSION,
+            mesh,
+            signer: key.node_id(),
+            agent: None,
+            stamp,
+            body: RecordBody::Membership(membership),
+        };
+        let signed = SignedRecord::sign(record, key).map_err(|_| DocError::NoGenesis("members"))?;
+        let founding = doc.change(now_ms, "found mesh", |tx, maps| {
+            use automerge::transaction::Transactable;
+            tx.put(&maps.meta, "schema", SCHEMA_VERSION)?;
+            tx.put(&maps.meta, "mesh_id", mesh.to_string())?;
+            tx.put(&maps.meta, "mesh_name", mesh_name)?;
+            tx.put(&maps.members, node_record_key(&key.node_id(), signed.id()), signed.bytes().to_vec())?;
+            Ok(())
+        })?;
+        let replica = Replica::open(key.node_id(), boot, doc);
+        Ok(Founded { replica, changes: vec![genesis, founding] })
+    }
+
+    /// Wraps a loaded document for this node's boot and derives every task's state.
+    pub fn open(node: NodeId, boot: u32, mut doc: QueueDoc) -> Replica {
+        doc.set_actor(actor_for(&node, boot));
+        let hlc = Hlc::starting_after(doc.highest_stamp_of(&node));
+        let mut replica = Replica {
+            doc,
+            node,
+            mesh: None,
+            hlc,
+            members: MemberSet::default(),
+            probes: ProbeBook::default(),
+            tasks: BTreeMap::new(),
+            undecodable_flat: 0,
+        };
+        replica.rebuild();
+        replica
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn mesh(&self) -> Option<MeshId> {
+        self.mesh
+    }
+
+    pub fn doc(&self) -> &QueueDoc {
+        &self.doc
+    }
+
+    pub fn doc_mut(&mut self) -> &mut QueueDoc {
+        &mut self.doc
+    }
+
+    pub fn members(&self) -> &MemberSet {
+        &self.members
+    }
+
+    pub fn probes(&self) -> &ProbeBook {
+        &self.probes
+    }
+
+    pub fn tasks(&self) -> &BTreeMap<TaskId, TaskEntry> {
+        &self.tasks
+    }
+
+    pub fn task(&self, id: &TaskId) -> Option<&TaskEntry> {
+        self.tasks.get(id)
+    }
+
+    /// A fresh stamp from this node's clock.
+    pub fn stamp(&mut self, now_ms: u64) -> Stamp {
+        self.hlc.now(now_ms)
+    }
+
+    /// Records ignored everywhere in the document: forged, malformed, from non-members.
+    pub fn rejected_records(&self) -> u64 {
+        let tasks: u64 = self.tasks.values().map(|entry| u64::from(entry.state.rejected)).sum();
+        tasks + u64::from(self.members.rejected) + u64::from(self.probes.rejected) + u64::from(self.undecodable_flat)
+    }
+
+    /// Signs a record in this node's name, stamped now.
+    pub fn sign(&mut self, key: &NodeKey, agent: Option<AgentName>, body: RecordBody, now_ms: u64) -> Result<SignedRecord, crate::ops::OpError> {
+        assert_eq!(key.node_id(), self.node, "a replica signs with its own node key");
+        let mesh = self.mesh.ok_or(crate::ops::OpError::NoMesh)?;
+        let record = Record { version: RECORD_VERSION, mesh, signer: self.node, agent, stamp: self.hlc.now(now_ms), body };
+        SignedRecord::sign(record, key).map_err(|error| crate::ops::OpError::Record(error.to_string()))
+    }
+
+    /// Applies changes from storage or a peer and refreshes what they touched.
+    pub fn apply_changes(&mut self, bytes: &[u8], now_ms: u64) -> Result<Touched, DocError> {
+        let touched = self.doc.apply(bytes)?;
+        self.refresh(&touched, now_ms);
+        Ok(touched)
+    }
+
+    /// Refreshes the derived state after the document changed.
+    pub fn refresh(&mut self, touched: &Touched, now_ms: u64) {
+        if touched.members || touched.probes || touched.meta {
+            self.rebuild();
+        } else {
+            for id in &touched.tasks {
+                self.refresh_task(id);
+            }
+        }
+        for id in &touched.tasks {
+            if let Some(entry) = self.tasks.get(id) {
+                self.hlc.observe(entry.state.updated_at, now_ms);
+            }
+        }
+    }
+
+    /// Derives everything again from the document.
+    pub fn rebuild(&mut self) {
+        self.mesh = self.doc.meta_str("mesh_id").and_then(|text| text.parse().ok());
+        let maps = self.doc.maps().clone();
+        let (members, bad_members) = self.doc.read_flat_records(&maps.members);
+        let (probes, bad_probes) = self.doc.read_flat_records(&maps.probes);
+        self.undecodable_flat = bad_members + bad_probes;
+        self.members = self.mesh.map(|mesh| MemberSet::derive(mesh, &members)).unwrap_or_default();
+        self.probes = ProbeBook::derive(&probes, &self.members);
+        self.tasks.clear();
+        for id in self.doc.task_ids() {
+            self.refresh_task(&id);
+        }
+    }
+
+    fn refresh_task(&mut self, id: &TaskId) {
+        let Some(fields) = self.doc.read_task(id) else {
+            self.tasks.remove(id);
+            return;
+        };
+        let stored = self.doc.read_task_records(id);
+        let context = ResolveContext { members: &self.members, probes: &self.probes };
+        let state = resolve(&fields, &stored, context);
+        self.tasks.insert(id.clone(), TaskEntry { fields, state });
+    }
+
+    pub fn status_of(&self, id: &TaskId) -> Option<TaskStatus> {
+        self.tasks.get(id).map(|entry| entry.state.status)
+    }
+
+    /// Whether a task is ready for any machine.
+    pub fn is_ready(&self, entry: &TaskEntry) -> bool {
+        let input = ReadyInput {
+            status: entry.state.status,
+            depends_on: &entry.fields.depends_on,
+            needs_approval: entry.fields.needs_approval,
+            approved: entry.state.approved,
+        };
+        ready::is_ready(input, |id| self.status_of(id))
+    }
+
+    pub fn blocked_by(&self, entry: &TaskEntry) -> Vec<TaskId> {
+        ready::blocked_by(&entry.fields.depends_on, |id| self.status_of(id))
+    }
+
+    /// Ready tasks in claim order: highest priority, then oldest, then id.
+    pub fn ready_tasks(&self) -> Vec<&TaskEntry> {
+        let mut ready: Vec<&TaskEntry> = self.tasks.values().filter(|entry| self.is_ready(entry)).collect();
+        ready.sort_by(|a, b| {
+            (-a.fields.priority, a.fields.created_at, &a.fields.id).cmp(&(-b.fields.priority, b.fields.created_at, &b.fields.id))
+        });
+        ready
+    }
+
+    /// The name members know a node by.
+    pub fn node_name(&self, node: &NodeId) -> String {
+        self.members.name_of(node)
+    }
+}

@@ -1,0 +1,303 @@
+//! The winner rule, step by step, on hand-built records: each test names the rule it pins.
+
+use std::collections::BTreeSet;
+
+use meshwork_crdt::membership::MemberSet;
+use meshwork_crdt::probes::ProbeBook;
+use meshwork_crdt::resolve::{resolve, rendezvous, LossReason, ResolveContext, StoredRecord, TaskState};
+use meshwork_crdt::task::TaskFields;
+use meshwork_crdt::test_support::{founding_record, membership_record, node_key, signed};
+use meshwork_protocol::api::TaskStatus;
+use meshwork_protocol::record::{Claim, MembershipAction};
+use meshwork_protocol::{MeshId, NodeKey, RecordBody, RecordId, SignedRecord, Stamp, TaskId};
+
+const LEASE_MS: u64 = 60_000;
+
+struct World {
+    keys: Vec<NodeKey>,
+    mesh: MeshId,
+    members: MemberSet,
+    probes: ProbeBook,
+    fields: TaskFields,
+}
+
+fn at(wall_ms: u64) -> Stamp {
+    Stamp { wall_ms, logical: 0 }
+}
+
+fn world() -> World {
+    let keys: Vec<NodeKey> = (1..=4).map(node_key).collect();
+    let (mesh, founding) = founding_record(&keys[0], 1_000);
+    let mut membership = vec![founding];
+    for key in &keys[1..3] {
+        membership.push(membership_record(&keys[0], mesh, 2_000, MembershipAction::Add, key));
+    }
+    // keys[3] is never added: an outsider.
+    let members = MemberSet::derive(mesh, &membership);
+    let fields = TaskFields {
+        id: TaskId::new("WRK-1").unwrap(),
+        title: "t".into(),
+        description: String::new(),
+        priority: 0,
+        labels: vec![],
+        depends_on: BTreeSet::new(),
+        requires: vec![],
+        prefers: vec![],
+        checks: vec![],
+        files: vec![],
+        lease_ms: LEASE_MS,
+        max_attempts: 3,
+        needs_approval: false,
+        created_by: keys[0].node_id(),
+        created_at: at(3_000),
+        id_conflicts: vec![],
+    };
+    World { keys, mesh, members, probes: ProbeBook::default(), fields }
+}
+
+impl World {
+    fn claim(&self, node: usize, generation: u32, lamport: u64, wall_ms: u64) -> SignedRecord {
+        let body = RecordBody::Claim(Claim {
+            task: self.fields.id.clone(),
+            generation,
+            lamport,
+            lease_ms: LEASE_MS,
+            probe: None,
+            quorum: false,
+        });
+        signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), body)
+    }
+
+    fn follow_up(&self, node: usize, wall_ms: u64, make: impl FnOnce(TaskId, RecordId) -> RecordBody, claim: &SignedRecord) -> SignedRecord {
+        signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), make(self.fields.id.clone(), claim.id()))
+    }
+
+    fn resolve(&self, records: &[&SignedRecord]) -> TaskState {
+        let stored: Vec<StoredRecord> = records.iter().map(|record| StoredRecord::Valid((*record).clone())).collect();
+        resolve(&self.fields, &stored, ResolveContext { members: &self.members, probes: &self.probes })
+    }
+
+    fn holder_node(&self, state: &TaskState) -> Option<usize> {
+        let holder = state.holder.as_ref()?;
+        self.keys.iter().position(|key| key.node_id() == holder.node)
+    }
+}
+
+/// Step 1: within one generation the lowest Lamport number wins, whatever the stamps.
+#[test]
+fn lowest_lamport_wins_within_a_generation() {
+    let world = world();
+    let early_but_higher = world.claim(0, 0, 2, 4_000);
+    let late_but_lower = world.claim(1, 0, 1, 9_000);
+    let state = world.resolve(&[&early_but_higher, &late_but_lower]);
+    assert_eq!(state.status, TaskStatus::Claimed);
+    assert_eq!(world.holder_node(&state), Some(1));
+    assert_eq!(state.lost_claims.len(), 1);
+    assert!(matches!(state.lost_claims[0].reason, LossReason::LostTo { .. }));
+}
+
+/// Step 2: equal Lamport numbers fall to the lower rendezvous hash of (task, node key).
+#[test]
+fn equal_lamport_falls_to_the_rendezvous_hash() {
+    let world = world();
+    let claims = [world.claim(0, 0, 1, 4_000), world.claim(1, 0, 1, 4_000), world.claim(2, 0, 1, 4_000)];
+    let state = world.resolve(&claims.iter().collect::<Vec<_>>());
+    let expected = (0..3).min_by_key(|index| rendezvous(&world.fields.id, &world.keys[*index].node_id())).unwrap();
+    assert_eq!(world.holder_node(&state), Some(expected));
+    assert_eq!(state.lost_claims.len(), 2);
+}
+
+/// Rendezvous spreads wins: over many tasks, each of three nodes wins some.
+#[test]
+fn rendezvous_hash_spreads_wins_across_nodes() {
+    let world = world();
+    let mut wins = [0u32; 3];
+    for index in 0..300 {
+        let task = TaskId::new(&format!("T-{index}")).unwrap();
+        let winner = (0..3).min_by_key(|node| rendezvous(&task, &world.keys[*node].node_id())).unwrap();
+        wins[winner] += 1;
+    }
+    assert!(wins.iter().all(|count| *count > 60), "{wins:?}");
+}
+
+/// Steps 3 and 4: two claims by one node with equal Lamport numbers tie on the hash and the
+/// node id, and fall to the lower record id.
+#[test]
+fn same_node_same_lamport_falls_to_the_record_id() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 4_000);
+    let second = world.claim(0, 0, 1, 4_001);
+    let state = world.resolve(&[&first, &second]);
+    let expected = first.id().min(second.id());
+    assert_eq!(state.holder.as_ref().map(|holder| holder.claim), Some(expected));
+}
+
+/// A takeover of generation 1 counts once generation 0's lease expired before its stamp.
+#[test]
+fn takeover_after_lease_expiry_starts_the_next_generation() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000);
+    let takeover = world.claim(1, 1, 2, 10_000 + LEASE_MS + 1);
+    let state = world.resolve(&[&first, &takeover]);
+    assert_eq!(state.generation, 1);
+    assert_eq!(world.holder_node(&state), Some(1));
+    assert_eq!(state.attempts, 2);
+    assert_eq!(state.failures, 1);
+}
+
+/// A holder whose renewal was signed in time keeps the task even if the renewal arrives
+/// after a takeover attempt; the taker learns it lost.
+#[test]
+fn a_timely_renewal_beats_an_early_takeover() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000);
+    let renew = world.follow_up(0, 10_000 + LEASE_MS - 5, |task, claim| RecordBody::Renew { task, claim }, &first);
+    let takeover = world.claim(1, 1, 2, 10_000 + LEASE_MS + 1);
+    let state = world.resolve(&[&takeover, &first, &renew]);
+    assert_eq!(world.holder_node(&state), Some(0));
+    assert_eq!(state.generation, 0);
+    assert!(state.lost_claims.iter().any(|lost| lost.claim == takeover.id() && lost.reason == LossReason::EarlyTakeover));
+}
+
+/// A renewal signed after the lease expired does not revive it.
+#[test]
+fn a_late_renewal_does_not_revive_an_expired_lease() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000);
+    let late_renew = world.follow_up(0, 10_000 + LEASE_MS + 10, |task, claim| RecordBody::Renew { task, claim }, &first);
+    let takeover = world.claim(1, 1, 2, 10_000 + LEASE_MS + 1);
+    let state = world.resolve(&[&first, &late_renew, &takeover]);
+    assert_eq!(world.holder_node(&state), Some(1));
+}
+
+/// Release opens the next generation without counting a failure; fail counts one, and at
+/// max_attempts the task fails for good.
+#[test]
+fn failures_count_toward_max_attempts_and_releases_do_not() {
+    let mut world = world();
+    world.fields.max_attempts = 2;
+    let claim0 = world.claim(0, 0, 1, 10_000);
+    let release = world.follow_up(0, 11_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &claim0);
+    let claim1 = world.claim(1, 1, 2, 12_000);
+    let fail1 = world.follow_up(1, 13_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke".into() }, &claim1);
+    let claim2 = world.claim(2, 2, 3, 14_000);
+    let fail2 = world.follow_up(2, 15_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke again".into() }, &claim2);
+    let open = world.resolve(&[&claim0, &release, &claim1, &fail1]);
+    assert_eq!((open.status, open.generation, open.failures), (TaskStatus::Open, 2, 1));
+    let failed = world.resolve(&[&claim0, &release, &claim1, &fail1, &claim2, &fail2]);
+    assert_eq!((failed.status, failed.failures, failed.attempts), (TaskStatus::Failed, 2, 3));
+    assert_eq!(failed.failure.map(|failure| failure.value), Some("broke again".to_owned()));
+}
+
+/// A done record makes the task done for good; later claims lose and a cancel changes nothing.
+#[test]
+fn finished_stays_finished_whatever_arrives_later() {
+    let world = world();
+    let claim = world.claim(0, 0, 1, 10_000);
+    let done = world.follow_up(0, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "shipped".into() }, &claim);
+    let late_claim = world.claim(1, 1, 2, 10_000 + 2 * LEASE_MS);
+    let cancel = signed(&world.keys[2], world.mesh, at(20_000), None, RecordBody::Cancel { task: world.fields.id.clone(), reason: "no".into() });
+    let state = world.resolve(&[&claim, &done, &late_claim, &cancel]);
+    assert_eq!(state.status, TaskStatus::Done);
+    assert_eq!(state.result.map(|result| result.value), Some("shipped".to_owned()));
+    assert!(state.holder.is_none());
+}
+
+/// A loser's done is kept beside the winner's accepted result.
+#[test]
+fn the_winners_result_is_accepted_and_the_losers_kept() {
+    let world = world();
+    let winner = world.claim(0, 0, 1, 10_000);
+    let loser = world.claim(1, 0, 2, 10_000);
+    let loser_done = world.follow_up(1, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "mine".into() }, &loser);
+    let winner_done = world.follow_up(0, 12_000, |task, claim| RecordBody::Done { task, claim, summary: "ours".into() }, &winner);
+    let state = world.resolve(&[&loser_done, &winner, &loser, &winner_done]);
+    assert_eq!(state.result.map(|result| result.value), Some("ours".to_owned()));
+    assert_eq!(state.other_results.len(), 1);
+    assert_eq!(state.lost_claims.len(), 1);
+}
+
+/// A record whose signature does not verify is ignored and counted.
+#[test]
+fn a_forged_signature_is_ignored_and_counted() {
+    let world = world();
+    let honest = world.claim(1, 0, 2, 10_000);
+    let mut forged_bytes = world.claim(0, 0, 1, 10_000).bytes().to_vec();
+    let last = forged_bytes.len() - 1;
+    forged_bytes[last] ^= 0xff;
+    assert!(SignedRecord::decode(&forged_bytes).is_err());
+    let stored = vec![StoredRecord::Invalid, StoredRecord::Valid(honest.clone())];
+    let state = resolve(&world.fields, &stored, ResolveContext { members: &world.members, probes: &world.probes });
+    assert_eq!(state.holder.map(|holder| holder.claim), Some(honest.id()));
+    assert_eq!(state.rejected, 1);
+}
+
+/// A validly signed claim from a node that is not a member is ignored and counted.
+#[test]
+fn a_non_member_signer_is_ignored_and_counted() {
+    let world = world();
+    let outsider = world.claim(3, 0, 1, 10_000);
+    let member = world.claim(1, 0, 5, 10_000);
+    let state = world.resolve(&[&outsider, &member]);
+    assert_eq!(world.holder_node(&state), Some(1));
+    assert_eq!(state.rejected, 1);
+    assert!(state.lost_claims.is_empty());
+}
+
+/// A record filed under one task but naming another is ignored and counted.
+#[test]
+fn a_record_about_another_task_is_ignored() {
+    let mut world = world();
+    let claim = world.claim(0, 0, 1, 10_000);
+    world.fields.id = TaskId::new("WRK-2").unwrap();
+    let state = world.resolve(&[&claim]);
+    assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));
+}
+
+/// A claim naming a generation that is not open loses with the open generation named.
+#[test]
+fn a_claim_of_a_generation_not_open_loses() {
+    let world = world();
+    let future = world.claim(0, 3, 1, 10_000);
+    let state = world.resolve(&[&future]);
+    assert_eq!(state.status, TaskStatus::Open);
+    assert_eq!(state.lost_claims[0].reason, LossReason::WrongGeneration { open: 0 });
+}
+
+/// Gates hold: a claim on a task with hard requirements that names no probe is refused on
+/// every node.
+#[test]
+fn a_claim_without_a_probe_meeting_the_requirements_is_refused() {
+    let mut world = world();
+    world.fields.requires = vec!["tool:matlab".parse().unwrap()];
+    let claim = world.claim(0, 0, 1, 10_000);
+    let state = world.resolve(&[&claim]);
+    assert_eq!(state.status, TaskStatus::Open);
+    assert!(matches!(state.lost_claims[0].reason, LossReason::Gate { .. }));
+}
+
+/// A claim before approval does not count on a task that needs approval.
+#[test]
+fn claims_before_approval_do_not_count() {
+    let mut world = world();
+    world.fields.needs_approval = true;
+    let early = world.claim(0, 0, 1, 10_000);
+    let approve = signed(&world.keys[2], world.mesh, at(11_000), None, RecordBody::Approve { task: world.fields.id.clone() });
+    let after = world.claim(1, 0, 2, 12_000);
+    let state = world.resolve(&[&early, &approve, &after]);
+    assert_eq!(world.holder_node(&state), Some(1));
+    assert_eq!(state.lost_claims[0].reason, LossReason::NotApproved);
+}
+
+/// A removed member's records signed after its removal do not count.
+#[test]
+fn records_signed_after_removal_do_not_count() {
+    let mut world = world();
+    let (_, founding) = founding_record(&world.keys[0], 1_000);
+    let added = membership_record(&world.keys[0], world.mesh, 2_000, MembershipAction::Add, &world.keys[1]);
+    let removed = membership_record(&world.keys[0], world.mesh, 5_000, MembershipAction::Remove, &world.keys[1]);
+    world.members = MemberSet::derive(world.mesh, &[founding, added, removed]);
+    let claim = world.claim(1, 0, 1, 10_000);
+    let state = world.resolve(&[&claim]);
+    assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));
+}
