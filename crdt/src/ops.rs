@@ -439,3 +439,27 @@ impl Replica {
         Ok(Some(changes))
     }
 }
+
+impl Replica {
+    /// Adds or removes a member by a membership record this node signs. Only a current
+    /// member may do so; the record counts on every node for the same reason.
+    pub fn change_membership(
+        &mut self,
+        key: &NodeKey,
+        membership: meshwork_protocol::record::Membership,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, OpError> {
+        if !self.members().get(&self.node()).is_some_and(|member| member.is_current()) {
+            return Err(OpError::refused(ErrorCode::GateRefused, "this node is not a member of its mesh"));
+        }
+        let member = membership.member;
+        let signed = self.sign(key, None, RecordBody::Membership(membership), now_ms)?;
+        let changes = self.doc_mut().change(now_ms, "membership", |tx, maps| {
+            use automerge::transaction::Transactable;
+            tx.put(&maps.members, node_record_key(&member, signed.id()), signed.bytes().to_vec())
+        })?;
+        let touched = crate::document::Touched { members: true, ..Default::default() };
+        self.refresh(&touched, now_ms);
+        Ok(changes)
+    }
+}

@@ -1,0 +1,200 @@
+//! Invariants 1-4 of the design as properties over real Automerge documents: records made
+//! on three nodes are delivered to fresh replicas in any order, duplicated, or as a subset
+//! and then the rest; the replicas must agree byte for byte and never break an invariant
+//! on the way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshwork_crdt::document::{put_task_record, QueueDoc};
+use meshwork_crdt::resolve::StoredRecord;
+use meshwork_crdt::test_support::node_key;
+use meshwork_crdt::{Replica, Speaker};
+use meshwork_protocol::api::{AddTask, TaskStatus};
+use meshwork_protocol::record::{Claim, Membership, MembershipAction, RECORD_VERSION};
+use meshwork_protocol::{AgentName, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId};
+use proptest::prelude::*;
+
+const NODES: usize = 3;
+const TASKS: [&str; 2] = ["WRK-1", "WRK-2"];
+const BASE_MS: u64 = 1_800_000_000_000;
+const LEASE_MS: u64 = 60_000;
+
+/// One record a node makes, as generated.
+#[derive(Debug, Clone)]
+struct GenRecord {
+    node: usize,
+    task: usize,
+    kind: u8,
+    generation: u32,
+    lamport: u64,
+    offset_ms: u64,
+    target: usize,
+}
+
+fn gen_record() -> impl Strategy<Value = GenRecord> {
+    (0..NODES, 0..TASKS.len(), 0u8..8, 0u32..3, 1u64..5, 0u64..(4 * LEASE_MS), any::<usize>()).prop_map(
+        |(node, task, kind, generation, lamport, offset_ms, target)| GenRecord { node, task, kind, generation, lamport, offset_ms, target },
+    )
+}
+
+/// The shared starting document: a mesh of three and two tasks, the second after the first.
+fn base() -> (Vec<NodeKey>, Vec<u8>) {
+    let keys: Vec<NodeKey> = (1..=NODES as u8).map(node_key).collect();
+    let mut founded = Replica::found(&keys[0], 0, "n0", "mesh", BASE_MS).unwrap().replica;
+    for (index, key) in keys.iter().enumerate().skip(1) {
+        let membership = Membership { action: MembershipAction::Add, member: key.node_id(), name: format!("n{index}"), roles: vec![] };
+        founded.change_membership(&keys[0], membership, BASE_MS + 1).unwrap();
+    }
+    let agent = AgentName::new("setup").unwrap();
+    let speaker = Speaker { key: &keys[0], agent: &agent };
+    for (index, id) in TASKS.iter().enumerate() {
+        let after = if index == 0 { vec![] } else { vec![TASKS[0].to_owned()] };
+        let request = AddTask { id: Some((*id).to_owned()), title: (*id).to_owned(), after, lease_ms: Some(LEASE_MS), ..AddTask::default() };
+        founded.add_task(speaker, &request, BASE_MS + 2, 0).unwrap();
+    }
+    (keys, founded.doc().save())
+}
+
+/// Signs the generated records on each node's own fork; returns each record's change bytes.
+fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u8>>, Vec<RecordId>) {
+    let mut forks: Vec<Replica> = (0..NODES)
+        .map(|node| Replica::open(keys[node].node_id(), 1, QueueDoc::load(Some(base), &[]).unwrap().0))
+        .collect();
+    let mesh = forks[0].mesh().unwrap();
+    let mut claims: BTreeMap<(usize, usize), Vec<RecordId>> = BTreeMap::new();
+    let (mut changes, mut ids) = (Vec::new(), Vec::new());
+    for (index, step) in plan.iter().enumerate() {
+        let task = TaskId::new(TASKS[step.task]).unwrap();
+        let own_claims = claims.entry((step.node, step.task)).or_default();
+        let body = match (step.kind, own_claims.is_empty()) {
+            (0 | 1 | 2, _) | (_, true) => RecordBody::Claim(Claim {
+                task: task.clone(),
+                generation: step.generation,
+                lamport: step.lamport,
+                lease_ms: LEASE_MS,
+                probe: None,
+                quorum: false,
+            }),
+            (kind, false) => {
+                let claim = own_claims[step.target % own_claims.len()];
+                match kind {
+                    3 => RecordBody::Renew { task: task.clone(), claim },
+                    4 => RecordBody::Release { task: task.clone(), claim, reason: "r".into() },
+                    5 => RecordBody::Done { task: task.clone(), claim, summary: format!("s{index}") },
+                    6 => RecordBody::Fail { task: task.clone(), claim, reason: "f".into() },
+                    _ => RecordBody::Progress { task: task.clone(), claim, message: "p".into(), percent: Some(50) },
+                }
+            }
+        };
+        let record = Record {
+            version: RECORD_VERSION,
+            mesh,
+            signer: keys[step.node].node_id(),
+            agent: Some(AgentName::new("agent").unwrap()),
+            stamp: Stamp { wall_ms: BASE_MS + 10 + step.offset_ms, logical: index as u32 },
+            body,
+        };
+        let signed = SignedRecord::sign(record, &keys[step.node]).unwrap();
+        if matches!(signed.record().body, RecordBody::Claim(_)) {
+            own_claims.push(signed.id());
+        }
+        let fork = &mut forks[step.node];
+        let change = fork.doc_mut().change(BASE_MS, "record", |tx, maps| put_task_record(tx, maps, &task, &signed)).unwrap();
+        changes.push(change);
+        ids.push(signed.id());
+    }
+    (changes, ids)
+}
+
+fn fresh(keys: &[NodeKey], base: &[u8]) -> Replica {
+    Replica::open(keys[0].node_id(), 7, QueueDoc::load(Some(base), &[]).unwrap().0)
+}
+
+/// Invariant 2 (one holder) on one replica's state: at most one claim per generation is not
+/// lost, and a holder exists exactly when the task is claimed.
+fn assert_one_holder(replica: &Replica) {
+    for entry in replica.tasks().values() {
+        let state = &entry.state;
+        assert_eq!(state.holder.is_some(), state.status == TaskStatus::Claimed, "{:?}", entry.fields.id);
+        let lost: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
+        let mut winners_per_generation: BTreeMap<u32, usize> = BTreeMap::new();
+        for (id, claim) in &state.claims {
+            if !lost.contains(id) {
+                *winners_per_generation.entry(claim.claim.generation).or_default() += 1;
+            }
+        }
+        assert!(winners_per_generation.values().all(|count| *count <= 1), "two winners in one generation: {winners_per_generation:?}");
+        if let Some(holder) = &state.holder {
+            assert!(!lost.contains(&holder.claim));
+        }
+    }
+}
+
+fn statuses(replica: &Replica) -> BTreeMap<TaskId, TaskStatus> {
+    replica.tasks().iter().map(|(id, entry)| (id.clone(), entry.state.status)).collect()
+}
+
+/// Applies chunks one by one, checking invariants 2 and 4 after each.
+fn deliver(replica: &mut Replica, chunks: &[&Vec<u8>]) {
+    let mut done: BTreeSet<TaskId> = BTreeSet::new();
+    for chunk in chunks {
+        replica.apply_changes(chunk, BASE_MS).unwrap();
+        assert_one_holder(replica);
+        let now = statuses(replica);
+        for id in &done {
+            assert_eq!(now.get(id), Some(&TaskStatus::Done), "finished stays finished: {id}");
+        }
+        done.extend(now.into_iter().filter(|(_, status)| *status == TaskStatus::Done).map(|(id, _)| id));
+    }
+}
+
+fn plan_and_orders() -> impl Strategy<Value = (Vec<GenRecord>, Vec<usize>, Vec<usize>, usize)> {
+    proptest::collection::vec(gen_record(), 1..14).prop_flat_map(|plan| {
+        let indices: Vec<usize> = (0..plan.len()).collect();
+        let len = plan.len();
+        (Just(plan), Just(indices.clone()).prop_shuffle(), proptest::collection::vec(0..len, 0..len * 2), 0..=len)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    /// Invariants 1-4: any order, duplication, or subset-then-rest of the same records gives
+    /// byte-identical exports; one holder and finished-stays-finished hold at every step; and
+    /// every record made is in the document at the end.
+    #[test]
+    fn any_delivery_order_converges_and_keeps_the_invariants((plan, order, duplicates, split) in plan_and_orders()) {
+        let (keys, base) = base();
+        let (changes, ids) = make_changes(&keys, &base, &plan);
+
+        let mut in_order = fresh(&keys, &base);
+        deliver(&mut in_order, &changes.iter().collect::<Vec<_>>());
+
+        let mut shuffled = fresh(&keys, &base);
+        let mut with_duplicates: Vec<&Vec<u8>> = order.iter().map(|index| &changes[*index]).collect();
+        with_duplicates.extend(duplicates.iter().map(|index| &changes[*index]));
+        deliver(&mut shuffled, &with_duplicates);
+
+        let mut subset_then_rest = fresh(&keys, &base);
+        let (first, rest) = order.split_at(split);
+        deliver(&mut subset_then_rest, &first.iter().map(|index| &changes[*index]).collect::<Vec<_>>());
+        deliver(&mut subset_then_rest, &rest.iter().map(|index| &changes[*index]).collect::<Vec<_>>());
+
+        let expected = in_order.export_json();
+        prop_assert_eq!(&expected, &shuffled.export_json());
+        prop_assert_eq!(&expected, &subset_then_rest.export_json());
+
+        // Invariant 3: nothing lost.
+        let mut stored: BTreeSet<RecordId> = BTreeSet::new();
+        for task in TASKS {
+            for record in shuffled.doc().read_task_records(&TaskId::new(task).unwrap()) {
+                if let StoredRecord::Valid(signed) = record {
+                    stored.insert(signed.id());
+                }
+            }
+        }
+        for id in &ids {
+            prop_assert!(stored.contains(id), "record {} lost", id);
+        }
+    }
+}
