@@ -1,1 +1,165 @@
-//! harness
+//! A harness for black-box tests: real `meshwork` processes in temporary homes.
+//!
+//! The test files in `tests/tests/` are targets of the `meshwork` package (see
+//! node/Cargo.toml), so they pass the real binary's path, `env!("CARGO_BIN_EXE_meshwork")`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a node may take to start answering.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one CLI invocation did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The single JSON document on stdout.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not one JSON document ({error}): {:?}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    /// The error code of a `--json` failure.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// A node in a temporary home, driven through the real binary.
+#[derive(Debug)]
+pub struct TestNode {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// A fresh home with `meshwork init`, and a running offline node.
+    pub fn start(bin: &str) -> TestNode {
+        let mut node = TestNode::stopped(bin);
+        let init = node.cli(&["init", "--name", "test-node", "--json"]);
+        assert_eq!(init.code, 0, "init failed: {init:?}");
+        node.launch();
+        node
+    }
+
+    /// A fresh, empty home with no node running.
+    pub fn stopped(bin: &str) -> TestNode {
+        TestNode { bin: PathBuf::from(bin), home: tempfile::tempdir().expect("a temporary home"), child: None }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Starts `meshwork node start --offline` and waits until `node status` answers.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "the node is running already");
+        let child = Command::new(&self.bin)
+            .args(["node", "start", "--offline", "--home"])
+            .arg(self.home.path())
+            .env("MESHWORK_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn meshwork node start");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if self.cli(&["node", "status"]).code == 0 {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the node exited at start: {status}");
+                }
+            }
+            assert!(started.elapsed() < NODE_START_TIMEOUT, "the node did not start within {NODE_START_TIMEOUT:?}");
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the CLI against this home as agent `agent-a`.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        self.cli_as("agent-a", args)
+    }
+
+    /// Runs the CLI against this home as the given agent.
+    pub fn cli_as(&self, agent: &str, args: &[&str]) -> Run {
+        let output = Command::new(&self.bin)
+            .args(args)
+            .arg("--home")
+            .arg(self.home.path())
+            .env("MESHWORK_AGENT", agent)
+            .env_remove("MESHWORK_HOME")
+            .output()
+            .expect("run meshwork");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the CLI with `--json` and expects success; returns the JSON.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let run = self.cli(&with_json);
+        assert_eq!(run.code, 0, "meshwork {args:?} failed: {run:?}");
+        run.json()
+    }
+
+    /// The running node's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the node with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the node with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the node process to exit by itself (after `node stop`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while let Some(child) = self.child.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
+            }
+            if started.elapsed() > timeout {
+                return false;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

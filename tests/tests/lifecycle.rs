@@ -1,0 +1,231 @@
+//! The task lifecycle, every exit code of the contract, idempotent retries and restart
+//! persistence, through the real `meshwork` binary against a real node in a temporary home.
+
+use std::time::Duration;
+
+use meshwork_tests::TestNode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshwork");
+
+/// A task goes open -> claimed -> done through the CLI, and every step's JSON says so.
+#[test]
+fn a_task_goes_from_added_to_done_through_the_cli() {
+    let node = TestNode::start(BIN);
+    let added = node.ok(&["task", "add", "Write the parser", "--id", "WRK-1", "--priority", "5", "--description", "the WRK format"]);
+    assert_eq!(added["id"], "WRK-1");
+    assert_eq!(added["status"], "open");
+    assert_eq!(added["ready"], true);
+
+    let ready = node.ok(&["ready"]);
+    assert_eq!(ready.as_array().map(Vec::len), Some(1));
+
+    let claimed = node.ok(&["claim", "WRK-1"]);
+    assert_eq!(claimed["status"], "claimed");
+    assert_eq!(claimed["holder"]["agent"], "agent-a");
+    assert_eq!(claimed["generation"], 0);
+
+    node.ok(&["progress", "WRK-1", "parser half done", "--percent", "50"]);
+    node.ok(&["renew", "WRK-1"]);
+    node.ok(&["handoff", "WRK-1", "--commit", "abc123", "--test", "cargo test", "--risk", "none", "--next", "review"]);
+    let done = node.ok(&["done", "WRK-1", "--summary", "parser written"]);
+    assert_eq!(done["status"], "done");
+    assert_eq!(done["result"]["summary"], "parser written");
+    assert_eq!(done["progress"][0]["percent"], 50);
+    assert_eq!(done["handoffs"][0]["commits"][0], "abc123");
+
+    let shown = node.ok(&["task", "show", "WRK-1"]);
+    assert_eq!(shown, done);
+    let listed = node.ok(&["task", "list", "--status", "done"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(node.ok(&["task", "list", "--status", "open"]).as_array().map(Vec::len), Some(0));
+}
+
+/// Dependencies gate readiness, `claim --next` takes the highest priority ready task, and
+/// release and fail open the task again in a new generation.
+#[test]
+fn dependencies_priorities_and_generations() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "first", "--id", "A", "--priority", "1"]);
+    node.ok(&["task", "add", "second", "--id", "B", "--after", "A", "--priority", "9"]);
+    node.ok(&["task", "add", "urgent", "--id", "C", "--priority", "7"]);
+    let blocked = node.ok(&["task", "show", "B"]);
+    assert_eq!(blocked["ready"], false);
+    assert_eq!(blocked["blocked_by"][0], "A");
+
+    let next = node.ok(&["claim", "--next"]);
+    assert_eq!(next["id"], "C", "highest priority among ready tasks");
+    let released = node.ok(&["release", "C", "--reason", "switching"]);
+    assert_eq!((released["status"].as_str(), released["generation"].as_u64()), (Some("open"), Some(1)));
+
+    node.ok(&["claim", "A"]);
+    node.ok(&["done", "A"]);
+    assert_eq!(node.ok(&["task", "show", "B"])["ready"], true);
+    node.ok(&["claim", "B"]);
+    let failed = node.ok(&["fail", "B", "--reason", "tests broke"]);
+    assert_eq!(failed["status"], "open");
+    assert_eq!(failed["attempts"], 1);
+    assert_eq!(failed["failure"]["reason"], "tests broke");
+}
+
+/// Each exit code of the contract, with the error JSON on stdout under --json.
+#[test]
+fn every_exit_code_of_the_contract() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "held", "--id", "H"]);
+    node.ok(&["task", "add", "blocked", "--id", "B", "--after", "H"]);
+    node.ok(&["task", "add", "gated", "--id", "G", "--requires", "tool:no-such-tool-anywhere"]);
+    node.ok(&["task", "add", "approval", "--id", "P", "--needs-approval"]);
+    node.ok(&["claim", "H"]);
+
+    let check = |code: i32, name: &str, run: meshwork_tests::Run| {
+        assert_eq!(run.code, code, "{name}: {run:?}");
+        if !name.is_empty() {
+            assert_eq!(run.error_code(), name, "{run:?}");
+            assert!(run.json()["error"]["message"].as_str().is_some_and(|text| !text.is_empty()));
+            assert!(run.json()["error"]["retryable"].is_boolean());
+        }
+    };
+    check(0, "", node.cli(&["task", "show", "H", "--json"]));
+    check(2, "USAGE", node.cli(&["task", "add", "--no-such-flag", "--json"]));
+    check(2, "USAGE", node.cli(&["claim", "--json"]));
+    let elsewhere = TestNode::stopped(BIN);
+    check(3, "NODE_UNAVAILABLE", elsewhere.cli(&["task", "list", "--json"]));
+    check(4, "NOT_FOUND", node.cli(&["task", "show", "NOPE", "--json"]));
+    check(5, "CONFLICT", node.cli_as("agent-b", &["claim", "H", "--json"]));
+    check(5, "CONFLICT", node.cli(&["task", "add", "again", "--id", "H", "--json"]));
+    check(6, "NOT_OWNER", node.cli_as("agent-b", &["done", "H", "--json"]));
+    check(7, "GATE_REFUSED", node.cli(&["claim", "G", "--json"]));
+    check(7, "GATE_REFUSED", node.cli(&["claim", "P", "--json"]));
+    check(8, "INVALID_INPUT", node.cli(&["task", "add", &"x".repeat(201), "--json"]));
+    check(8, "INVALID_INPUT", node.cli(&["task", "edit", "H", "--after", "B", "--json"]));
+    check(8, "INVALID_INPUT", node.cli(&["task", "add", "bad req", "--requires", "mem>lots", "--json"]));
+    check(9, "INVALID_TRANSITION", node.cli(&["claim", "B", "--json"]));
+    check(9, "INVALID_TRANSITION", node.cli(&["done", "B", "--json"]));
+
+    // Without --json the error goes to stderr, for people.
+    let human = node.cli(&["task", "show", "NOPE"]);
+    assert_eq!(human.code, 4);
+    assert!(human.stderr.contains("NOPE"), "{human:?}");
+}
+
+/// The over-limit message names the limit, so users know which one they hit.
+#[test]
+fn limits_are_named_in_the_error() {
+    let node = TestNode::start(BIN);
+    let run = node.cli(&["task", "add", &"x".repeat(201), "--json"]);
+    assert!(run.json()["error"]["message"].as_str().unwrap_or_default().contains("TITLE_BYTES_MAX"), "{run:?}");
+    let many: Vec<String> = (0..65).map(|index| format!("--check=cmd{index}")).collect();
+    let mut args = vec!["task", "add", "many checks", "--json"];
+    args.extend(many.iter().map(String::as_str));
+    let run = node.cli(&args);
+    assert_eq!(run.error_code(), "INVALID_INPUT");
+    assert!(run.json()["error"]["message"].as_str().unwrap_or_default().contains("LIST_ITEMS_MAX"), "{run:?}");
+}
+
+/// Repeating a mutation with the same --request-id returns the first answer and changes
+/// nothing, also after the node restarted.
+#[test]
+fn retries_with_a_request_id_are_idempotent_across_restarts() {
+    let mut node = TestNode::start(BIN);
+    let first = node.ok(&["task", "add", "once", "--request-id", "req-1"]);
+    let again = node.ok(&["task", "add", "once", "--request-id", "req-1"]);
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(node.ok(&["task", "list"]).as_array().map(Vec::len), Some(1));
+    let id = first["id"].as_str().unwrap_or_default().to_owned();
+    let claimed = node.ok(&["claim", &id, "--request-id", "req-2"]);
+
+    node.terminate();
+    node.launch();
+    let after_restart = node.ok(&["task", "add", "once", "--request-id", "req-1"]);
+    assert_eq!(after_restart["id"], first["id"]);
+    assert_eq!(node.ok(&["claim", &id, "--request-id", "req-2"]), claimed);
+    assert_eq!(node.ok(&["task", "list"]).as_array().map(Vec::len), Some(1));
+    // Another agent's same request id is another request.
+    let other = node.cli_as("agent-b", &["task", "add", "theirs", "--request-id", "req-1", "--json"]);
+    assert_ne!(other.json()["id"], first["id"]);
+}
+
+/// Everything acknowledged survives a clean restart and a SIGKILL restart.
+#[test]
+fn the_queue_survives_restarts() {
+    let mut node = TestNode::start(BIN);
+    node.ok(&["task", "add", "a", "--id", "A"]);
+    node.ok(&["task", "add", "b", "--id", "B", "--after", "A"]);
+    node.ok(&["claim", "A"]);
+    node.ok(&["progress", "A", "working"]);
+    let before = node.ok(&["export"]);
+
+    node.terminate();
+    node.launch();
+    assert_eq!(node.ok(&["export"]), before);
+
+    node.kill9();
+    node.launch();
+    assert_eq!(node.ok(&["export"]), before);
+    node.ok(&["done", "A"]);
+    assert_eq!(node.ok(&["task", "show", "B"])["ready"], true);
+}
+
+/// `node status` describes the node; `node stop` stops it; then commands exit 3.
+#[test]
+fn node_status_and_stop() {
+    let mut node = TestNode::start(BIN);
+    node.ok(&["task", "add", "x"]);
+    let status = node.ok(&["node", "status"]);
+    assert!(status["node_id"].as_str().is_some_and(|id| id.starts_with("12D3KooW")), "{status}");
+    assert_eq!(status["name"], "test-node");
+    assert_eq!(status["tasks"], 1);
+    assert_eq!(status["rejected_records"], 0);
+    let init_again = node.ok(&["init"]);
+    assert_eq!(init_again["node_id"], status["node_id"]);
+    assert_eq!(init_again["mesh_id"], status["mesh_id"]);
+
+    assert_eq!(node.cli(&["node", "stop"]).code, 0);
+    assert!(node.wait_exit(Duration::from_secs(20)), "the node did not stop");
+    assert_eq!(node.cli(&["node", "status"]).code, 3);
+}
+
+/// A damaged log file is reported with its path and left in place; the node starts from
+/// what it can read.
+#[test]
+fn a_corrupt_log_is_reported_and_left_in_place() {
+    let mut node = TestNode::start(BIN);
+    node.ok(&["task", "add", "kept", "--id", "K"]);
+    node.terminate();
+    let doc = node.home().join("doc");
+    let mut segments: Vec<_> = std::fs::read_dir(&doc)
+        .expect("doc dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "mwl"))
+        .collect();
+    segments.sort();
+    let damaged = segments.last().expect("a log segment").clone();
+    let mut bytes = std::fs::read(&damaged).expect("read segment");
+    bytes.extend_from_slice(b"\x10\x00\x00\x00garbage garbage garbage");
+    std::fs::write(&damaged, &bytes).expect("damage segment");
+
+    node.launch();
+    let status = node.ok(&["node", "status"]);
+    let skipped = status["skipped_files"].as_array().cloned().unwrap_or_default();
+    assert!(skipped.iter().any(|line| line.as_str().is_some_and(|text| text.contains(&*damaged.to_string_lossy()))), "{status}");
+    assert_eq!(node.ok(&["task", "show", "K"])["id"], "K");
+    assert_eq!(std::fs::read(&damaged).expect("still there"), bytes, "the damaged file is left as it was");
+}
+
+/// The export is the same canonical JSON whatever node state produced it, and the raw
+/// Automerge export is a loadable document.
+#[test]
+fn exports_in_every_format() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "x", "--id", "X"]);
+    let json = node.ok(&["export"]);
+    assert_eq!(json["tasks"][0]["id"], "X");
+    let lines = node.cli(&["export", "--format", "jsonl"]);
+    assert_eq!(lines.code, 0);
+    assert_eq!(lines.stdout.lines().count(), 1);
+    let file = node.home().join("queue.automerge");
+    let raw = node.cli(&["export", "--format", "automerge", "--output", &file.to_string_lossy()]);
+    assert_eq!(raw.code, 0, "{raw:?}");
+    assert!(std::fs::metadata(&file).map(|meta| meta.len()).unwrap_or(0) > 0);
+}
