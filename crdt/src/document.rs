@@ -347,3 +347,29 @@ impl Touched {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every node must build the very same genesis change, or two meshes' top-level maps
+    /// would differ; an Automerge upgrade that changed it would break existing meshes. The
+    /// hash is also written in docs/PROTOCOL.md.
+    #[test]
+    fn genesis_change_is_identical_on_every_node_and_pinned() {
+        let heads = QueueDoc::genesis().heads();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].to_string(), "d6ff6fe1a5b7d08b579b53bf5e5c0b19e248d7dacc070d9b85973b9f577fb361");
+        assert_eq!(QueueDoc::genesis_bytes(), QueueDoc::genesis_bytes());
+    }
+
+    /// A node's actor ids differ per boot and are recognised as its own.
+    #[test]
+    fn actor_ids_are_unique_per_boot_and_recognised() {
+        let node = NodeId::from_public_key_bytes([7; 32]);
+        let other = NodeId::from_public_key_bytes([8; 32]);
+        assert_ne!(actor_for(&node, 1), actor_for(&node, 2));
+        assert_eq!(boot_of(&node, &actor_for(&node, 41)), Some(41));
+        assert_eq!(boot_of(&other, &actor_for(&node, 41)), None);
+    }
+}

@@ -30,6 +30,8 @@ impl Member {
 /// The members of one mesh, as the membership records say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberSet {
+    /// The mesh these members belong to; records of any other mesh count for nothing.
+    mesh: Option<MeshId>,
     members: BTreeMap<NodeId, Member>,
     /// Membership records that did not count (wrong mesh, signer not a member, ...).
     pub rejected: u32,
@@ -41,7 +43,7 @@ impl MemberSet {
         let mut ordered: Vec<&SignedRecord> = records.iter().collect();
         // One order on every node: by stamp, then by record id.
         ordered.sort_by_key(|signed| (signed.record().stamp, signed.id()));
-        let mut set = MemberSet::default();
+        let mut set = MemberSet { mesh: Some(mesh), ..MemberSet::default() };
         for signed in ordered {
             if !set.apply(mesh, signed) {
                 set.rejected += 1;
@@ -87,6 +89,11 @@ impl MemberSet {
             }
         }
         true
+    }
+
+    /// Whether a record counts here: of this mesh, signed by a member at its stamp.
+    pub fn admits(&self, record: &meshwork_protocol::Record) -> bool {
+        self.mesh == Some(record.mesh) && self.is_member_at(&record.signer, record.stamp)
     }
 
     /// Whether `node` was a member at `stamp` (the stamp of a record it signed).

@@ -244,7 +244,7 @@ impl Replica {
     /// Writes one signed record under a task as one change.
     fn put_record(&mut self, speaker: Speaker<'_>, id: &TaskId, body: RecordBody, now_ms: u64) -> Result<Applied, OpError> {
         let signed = self.sign(speaker.key, Some(speaker.agent.clone()), body, now_ms)?;
-        if self.task(id).is_some_and(|entry| entry.state.claims.len() + entry.state.progress.len() + entry.state.handoffs.len() >= RECORDS_PER_TASK_MAX) {
+        if self.task(id).is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX) {
             return Err(ErrorBody::over_limit(&format!("the number of records on {id}"), "RECORDS_PER_TASK_MAX", RECORDS_PER_TASK_MAX).into());
         }
         let message = format!("{} {id} by {}", signed.record().kind(), speaker.agent);

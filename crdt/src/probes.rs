@@ -35,7 +35,7 @@ impl ProbeBook {
                 book.rejected += 1;
                 continue;
             };
-            if !members.is_member_at(&record.signer, record.stamp) {
+            if !members.admits(record) {
                 book.rejected += 1;
                 continue;
             }

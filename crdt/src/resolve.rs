@@ -40,8 +40,11 @@ pub struct TaskState {
     pub approved: bool,
     /// 1 + this is the Lamport number of the next claim.
     pub lamport_max: u64,
-    /// Records ignored: undecodable, forged, from a non-member, about another task, over the cap.
+    /// Records ignored: undecodable, forged, from a non-member or another mesh, about another
+    /// task, over the cap.
     pub rejected: u32,
+    /// Records that count, at most [`RECORDS_PER_TASK_MAX`].
+    pub records: u32,
     pub updated_at: Stamp,
 }
 
@@ -159,6 +162,7 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
         approved: false,
         lamport_max: 0,
         rejected,
+        records: u32::try_from(records.len()).unwrap_or(u32::MAX),
         updated_at: records.iter().map(|r| r.record().stamp).max().unwrap_or(fields.created_at).max(fields.created_at),
     };
     let approvals: Vec<Stamp> = records
@@ -185,7 +189,7 @@ fn valid_records(task: &TaskId, stored: &[StoredRecord], members: &MemberSet) ->
     for entry in stored {
         match entry {
             StoredRecord::Valid(signed)
-                if signed.record().task() == Some(task) && members.is_member_at(&signed.record().signer, signed.record().stamp) =>
+                if signed.record().task() == Some(task) && members.admits(signed.record()) =>
             {
                 valid.push(signed.clone());
             }

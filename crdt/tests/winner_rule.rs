@@ -301,3 +301,18 @@ fn records_signed_after_removal_do_not_count() {
     let state = world.resolve(&[&claim]);
     assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));
 }
+
+/// A record signed by a member but for another mesh is replayed here in vain.
+#[test]
+fn a_record_of_another_mesh_does_not_count() {
+    let world = world();
+    let foreign = signed(
+        &world.keys[0],
+        MeshId([9; 16]),
+        at(10_000),
+        Some("agent"),
+        RecordBody::Claim(Claim { task: world.fields.id.clone(), generation: 0, lamport: 1, lease_ms: LEASE_MS, probe: None, quorum: false }),
+    );
+    let state = world.resolve(&[&foreign]);
+    assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));
+}

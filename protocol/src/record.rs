@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::identity::{hex, unhex, AgentName, MeshId, NodeId, NodeKey};
-use crate::limits::{FIELD_BYTES_MAX, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECORD_BYTES_MAX};
+use crate::limits::{
+    FIELD_BYTES_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECORD_BYTES_MAX,
+};
 use crate::probe::Probe;
 use crate::task_id::TaskId;
 
@@ -285,7 +287,7 @@ impl Record {
         let message = |text: &str| text.len() <= MESSAGE_BYTES_MAX;
         let list = |items: &[String]| items.len() <= LIST_ITEMS_MAX && items.iter().all(|item| item.len() <= FIELD_BYTES_MAX);
         let within = match &self.body {
-            RecordBody::Claim(claim) => claim.lease_ms > 0,
+            RecordBody::Claim(claim) => (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&claim.lease_ms),
             RecordBody::Renew { .. } | RecordBody::Approve { .. } => true,
             RecordBody::Release { reason, .. } | RecordBody::Fail { reason, .. } | RecordBody::Cancel { reason, .. } => {
                 message(reason)
