@@ -97,17 +97,11 @@ pub enum FormatError {
     UnsupportedVersion { found: u8, supported: u8 },
     #[error("the reserved byte is {found}, not 0")]
     ReservedNotZero { found: u8 },
-    #[error(
-        "a frame announces {bytes} bytes, over the limit LOG_FRAME_BYTES_MAX = {LOG_FRAME_BYTES_MAX}"
-    )]
+    #[error("a frame announces {bytes} bytes, over the limit LOG_FRAME_BYTES_MAX = {LOG_FRAME_BYTES_MAX}")]
     FrameOverLimit { bytes: u64 },
-    #[error(
-        "the snapshot has {bytes} bytes, over the limit SNAPSHOT_BYTES_MAX = {SNAPSHOT_BYTES_MAX}"
-    )]
+    #[error("the snapshot has {bytes} bytes, over the limit SNAPSHOT_BYTES_MAX = {SNAPSHOT_BYTES_MAX}")]
     SnapshotOverLimit { bytes: u64 },
-    #[error(
-        "a request key of {bytes} bytes is over the limit REQUEST_KEY_BYTES_MAX = {REQUEST_KEY_BYTES_MAX}"
-    )]
+    #[error("a request key of {bytes} bytes is over the limit REQUEST_KEY_BYTES_MAX = {REQUEST_KEY_BYTES_MAX}")]
     RequestKeyOverLimit { bytes: u64 },
     #[error("unknown frame kind {kind}")]
     UnknownKind { kind: u8 },
@@ -149,25 +143,14 @@ impl StoreFile {
 
     /// The file name. Panics on a sequence above [`FILE_SEQUENCE_MAX`], which no name holds.
     pub fn file_name(self) -> String {
-        assert!(
-            self.sequence() <= FILE_SEQUENCE_MAX,
-            "store file sequence over FILE_SEQUENCE_MAX"
-        );
+        assert!(self.sequence() <= FILE_SEQUENCE_MAX, "store file sequence over FILE_SEQUENCE_MAX");
         let width = FILE_SEQUENCE_DIGITS;
         match self {
             StoreFile::Snapshot(sequence) => {
-                format!(
-                    "{}{sequence:0width$}{}",
-                    Self::SNAPSHOT_PREFIX,
-                    Self::SNAPSHOT_SUFFIX
-                )
+                format!("{}{sequence:0width$}{}", Self::SNAPSHOT_PREFIX, Self::SNAPSHOT_SUFFIX)
             }
             StoreFile::Segment(sequence) => {
-                format!(
-                    "{}{sequence:0width$}{}",
-                    Self::SEGMENT_PREFIX,
-                    Self::SEGMENT_SUFFIX
-                )
+                format!("{}{sequence:0width$}{}", Self::SEGMENT_PREFIX, Self::SEGMENT_SUFFIX)
             }
         }
     }
@@ -176,13 +159,8 @@ impl StoreFile {
     pub fn parse(name: &str) -> Option<StoreFile> {
         let digits = |prefix: &str, suffix: &str| -> Option<u64> {
             let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
-            let well_formed =
-                digits.len() == FILE_SEQUENCE_DIGITS && digits.bytes().all(|b| b.is_ascii_digit());
-            if well_formed {
-                digits.parse().ok()
-            } else {
-                None
-            }
+            let well_formed = digits.len() == FILE_SEQUENCE_DIGITS && digits.bytes().all(|b| b.is_ascii_digit());
+            if well_formed { digits.parse().ok() } else { None }
         };
         if let Some(sequence) = digits(Self::SNAPSHOT_PREFIX, Self::SNAPSHOT_SUFFIX) {
             return Some(StoreFile::Snapshot(sequence));
@@ -211,21 +189,13 @@ fn check_magic_and_version(
     magic_text: &'static str,
 ) -> Result<(), FormatError> {
     if header.get(..6) != Some(magic.as_slice()) {
-        return Err(FormatError::BadMagic {
-            expected: magic_text,
-        });
+        return Err(FormatError::BadMagic { expected: magic_text });
     }
     match (header.get(6), header.get(7)) {
-        (Some(&found), _) if found != version => Err(FormatError::UnsupportedVersion {
-            found,
-            supported: version,
-        }),
+        (Some(&found), _) if found != version => Err(FormatError::UnsupportedVersion { found, supported: version }),
         (_, Some(&found)) if found != 0 => Err(FormatError::ReservedNotZero { found }),
         (Some(_), Some(_)) => Ok(()),
-        _ => Err(FormatError::Truncated {
-            needed: 8,
-            available: header.len() as u64,
-        }),
+        _ => Err(FormatError::Truncated { needed: 8, available: header.len() as u64 }),
     }
 }
 
@@ -291,16 +261,10 @@ impl FrameHeader {
         let [l0, l1, l2, l3, c0, c1, c2, c3, kind] = *bytes;
         let payload_bytes = u32::from_le_bytes([l0, l1, l2, l3]);
         if payload_bytes > LOG_FRAME_BYTES_MAX {
-            return Err(FormatError::FrameOverLimit {
-                bytes: u64::from(payload_bytes),
-            });
+            return Err(FormatError::FrameOverLimit { bytes: u64::from(payload_bytes) });
         }
         let kind = FrameKind::from_byte(kind)?;
-        Ok(FrameHeader {
-            payload_bytes,
-            crc32: u32::from_le_bytes([c0, c1, c2, c3]),
-            kind,
-        })
+        Ok(FrameHeader { payload_bytes, crc32: u32::from_le_bytes([c0, c1, c2, c3]), kind })
     }
 
     /// The whole frame's length, header included.
@@ -325,9 +289,7 @@ impl RequestEntry {
     /// Refuses a key over [`REQUEST_KEY_BYTES_MAX`].
     pub fn check(&self) -> Result<(), FormatError> {
         if self.key.len() > REQUEST_KEY_BYTES_MAX {
-            return Err(FormatError::RequestKeyOverLimit {
-                bytes: self.key.len() as u64,
-            });
+            return Err(FormatError::RequestKeyOverLimit { bytes: self.key.len() as u64 });
         }
         Ok(())
     }
@@ -353,24 +315,14 @@ impl RequestEntry {
         let mut reader = Reader { bytes, used: 0 };
         let key_bytes = reader.u32()? as usize;
         if key_bytes > REQUEST_KEY_BYTES_MAX {
-            return Err(FormatError::RequestKeyOverLimit {
-                bytes: key_bytes as u64,
-            });
+            return Err(FormatError::RequestKeyOverLimit { bytes: key_bytes as u64 });
         }
-        let key =
-            std::str::from_utf8(reader.take(key_bytes)?).map_err(|_| FormatError::KeyNotUtf8)?;
+        let key = std::str::from_utf8(reader.take(key_bytes)?).map_err(|_| FormatError::KeyNotUtf8)?;
         let key = key.to_owned();
         let response_bytes = reader.u32()? as usize;
         let response = reader.take(response_bytes)?.to_vec();
         let unix_ms = reader.u64()?;
-        Ok((
-            RequestEntry {
-                key,
-                response,
-                unix_ms,
-            },
-            reader.used,
-        ))
+        Ok((RequestEntry { key, response, unix_ms }, reader.used))
     }
 }
 
@@ -472,14 +424,8 @@ impl SnapshotHeader {
     /// than 0. Whether `doc_bytes` fits the file is [`decode_snapshot_content`]'s to check.
     pub fn decode(bytes: &[u8; SNAPSHOT_HEADER_BYTES]) -> Result<SnapshotHeader, FormatError> {
         check_magic_and_version(bytes, &SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, "MWSNAP")?;
-        let mut reader = Reader {
-            bytes: &bytes[8..],
-            used: 0,
-        };
-        Ok(SnapshotHeader {
-            doc_bytes: reader.u64()?,
-            request_count: reader.u32()?,
-        })
+        let mut reader = Reader { bytes: &bytes[8..], used: 0 };
+        Ok(SnapshotHeader { doc_bytes: reader.u64()?, request_count: reader.u32()? })
     }
 }
 
@@ -503,15 +449,9 @@ pub fn decode_snapshot_content(content: &[u8]) -> Result<SnapshotContent, Format
     let header: &[u8; SNAPSHOT_HEADER_BYTES] = content
         .get(..SNAPSHOT_HEADER_BYTES)
         .and_then(|bytes| bytes.try_into().ok())
-        .ok_or(FormatError::Truncated {
-            needed: SNAPSHOT_HEADER_BYTES as u64,
-            available: content.len() as u64,
-        })?;
+        .ok_or(FormatError::Truncated { needed: SNAPSHOT_HEADER_BYTES as u64, available: content.len() as u64 })?;
     let header = SnapshotHeader::decode(header)?;
-    let mut reader = Reader {
-        bytes: content,
-        used: SNAPSHOT_HEADER_BYTES,
-    };
+    let mut reader = Reader { bytes: content, used: SNAPSHOT_HEADER_BYTES };
     let doc_bytes = usize::try_from(header.doc_bytes).unwrap_or(usize::MAX);
     reader.take(doc_bytes)?;
     let doc = SNAPSHOT_HEADER_BYTES..reader.used;
@@ -536,28 +476,16 @@ pub fn encode_boot(boot: u32) -> String {
 /// Decodes a boot counter file; anything but 1 to 10 digits, below 2^32, and one `\n` is
 /// refused (never read as 0).
 pub fn decode_boot(bytes: &[u8]) -> Result<u32, FormatError> {
-    let digits = bytes
-        .strip_suffix(b"\n")
-        .ok_or(FormatError::BadBootCounter)?;
+    let digits = bytes.strip_suffix(b"\n").ok_or(FormatError::BadBootCounter)?;
     let well_formed = (1..=10).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit);
     if !well_formed {
         return Err(FormatError::BadBootCounter);
     }
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or(FormatError::BadBootCounter)
+    std::str::from_utf8(digits).ok().and_then(|text| text.parse().ok()).ok_or(FormatError::BadBootCounter)
 }
 
 fn trailing_bytes(what: &'static str, bytes: usize) -> Result<(), FormatError> {
-    if bytes == 0 {
-        Ok(())
-    } else {
-        Err(FormatError::TrailingBytes {
-            what,
-            bytes: bytes as u64,
-        })
-    }
+    if bytes == 0 { Ok(()) } else { Err(FormatError::TrailingBytes { what, bytes: bytes as u64 }) }
 }
 
 /// Reads little-endian fields off a byte slice, never past its end.
@@ -568,10 +496,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, count: usize) -> Result<&'a [u8], FormatError> {
-        let end = self
-            .used
-            .checked_add(count)
-            .filter(|&end| end <= self.bytes.len());
+        let end = self.used.checked_add(count).filter(|&end| end <= self.bytes.len());
         let Some(end) = end else {
             return Err(FormatError::Truncated {
                 needed: self.used as u64 + count as u64,
@@ -601,11 +526,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(key: &str, response: &[u8], unix_ms: u64) -> RequestEntry {
-        RequestEntry {
-            key: key.to_owned(),
-            response: response.to_vec(),
-            unix_ms,
-        }
+        RequestEntry { key: key.to_owned(), response: response.to_vec(), unix_ms }
     }
 
     /// The names of store files: fixed width, and only exact names parse.
@@ -613,10 +534,7 @@ mod tests {
     fn store_file_names_round_trip_and_refuse_near_misses() {
         assert_eq!(StoreFile::Snapshot(7).file_name(), "snapshot-0000000007.am");
         assert_eq!(StoreFile::Segment(12).file_name(), "log-0000000012.mwl");
-        for file in [
-            StoreFile::Snapshot(0),
-            StoreFile::Segment(FILE_SEQUENCE_MAX),
-        ] {
+        for file in [StoreFile::Snapshot(0), StoreFile::Segment(FILE_SEQUENCE_MAX)] {
             assert_eq!(StoreFile::parse(&file.file_name()), Some(file));
         }
         for name in [
@@ -634,19 +552,12 @@ mod tests {
     /// The exact bytes of a frame header and a segment header, pinned.
     #[test]
     fn headers_encode_to_the_documented_bytes() {
-        let header = FrameHeader {
-            payload_bytes: 3,
-            crc32: 0xAABBCCDD,
-            kind: FrameKind::Request,
-        };
+        let header = FrameHeader { payload_bytes: 3, crc32: 0xAABBCCDD, kind: FrameKind::Request };
         assert_eq!(header.encode(), [3, 0, 0, 0, 0xDD, 0xCC, 0xBB, 0xAA, 2]);
         assert_eq!(FrameHeader::decode(&header.encode()), Ok(header));
         assert_eq!(&segment_header(), b"MWLOGS\x01\x00");
         assert_eq!(check_segment_header(&segment_header()), Ok(()));
-        let snapshot = SnapshotHeader {
-            doc_bytes: 5,
-            request_count: 2,
-        };
+        let snapshot = SnapshotHeader { doc_bytes: 5, request_count: 2 };
         assert_eq!(&snapshot.encode()[..8], b"MWSNAP\x01\x00");
         assert_eq!(SnapshotHeader::decode(&snapshot.encode()), Ok(snapshot));
     }
@@ -654,34 +565,14 @@ mod tests {
     /// Headers that announce an absurd length, an unknown kind or another version are refused.
     #[test]
     fn headers_refuse_absurd_lengths_unknown_kinds_and_versions() {
-        let mut bytes = FrameHeader {
-            payload_bytes: 0,
-            crc32: 0,
-            kind: FrameKind::Changes,
-        }
-        .encode();
+        let mut bytes = FrameHeader { payload_bytes: 0, crc32: 0, kind: FrameKind::Changes }.encode();
         bytes[..4].copy_from_slice(&(LOG_FRAME_BYTES_MAX + 1).to_le_bytes());
-        assert!(matches!(
-            FrameHeader::decode(&bytes),
-            Err(FormatError::FrameOverLimit { .. })
-        ));
-        assert_eq!(
-            FrameHeader::decode(&[0; 9]),
-            Err(FormatError::UnknownKind { kind: 0 })
-        );
+        assert!(matches!(FrameHeader::decode(&bytes), Err(FormatError::FrameOverLimit { .. })));
+        assert_eq!(FrameHeader::decode(&[0; 9]), Err(FormatError::UnknownKind { kind: 0 }));
         let mut segment = segment_header();
         segment[6] = 2;
-        assert_eq!(
-            check_segment_header(&segment),
-            Err(FormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            })
-        );
-        assert!(matches!(
-            check_segment_header(b"MWSNAP\x01\x00"),
-            Err(FormatError::BadMagic { .. })
-        ));
+        assert_eq!(check_segment_header(&segment), Err(FormatError::UnsupportedVersion { found: 2, supported: 1 }));
+        assert!(matches!(check_segment_header(b"MWSNAP\x01\x00"), Err(FormatError::BadMagic { .. })));
     }
 
     /// A snapshot's content with entries decodes to the same document range and entries.
@@ -689,33 +580,14 @@ mod tests {
     fn snapshot_content_round_trips() {
         let requests = vec![entry("a", b"{}", 1), entry("b/2", b"", u64::MAX)];
         let doc = b"automerge bytes";
-        let mut content = SnapshotHeader {
-            doc_bytes: doc.len() as u64,
-            request_count: 2,
-        }
-        .encode()
-        .to_vec();
+        let mut content = SnapshotHeader { doc_bytes: doc.len() as u64, request_count: 2 }.encode().to_vec();
         content.extend_from_slice(doc);
-        requests
-            .iter()
-            .for_each(|request| request.encode(&mut content));
-        assert_eq!(
-            content.len() as u64 + 4,
-            snapshot_file_bytes(doc.len() as u64, &requests)
-        );
+        requests.iter().for_each(|request| request.encode(&mut content));
+        assert_eq!(content.len() as u64 + 4, snapshot_file_bytes(doc.len() as u64, &requests));
         let decoded = decode_snapshot_content(&content);
-        assert_eq!(
-            decoded,
-            Ok(SnapshotContent {
-                doc: 20..35,
-                requests
-            })
-        );
+        assert_eq!(decoded, Ok(SnapshotContent { doc: 20..35, requests }));
         content.push(0);
-        assert!(matches!(
-            decode_snapshot_content(&content),
-            Err(FormatError::TrailingBytes { .. })
-        ));
+        assert!(matches!(decode_snapshot_content(&content), Err(FormatError::TrailingBytes { .. })));
     }
 
     /// The boot file is digits and a newline; anything else is refused, never read as 0.
@@ -723,21 +595,8 @@ mod tests {
     fn boot_counter_decodes_only_digits_and_a_newline() {
         assert_eq!(decode_boot(encode_boot(0).as_bytes()), Ok(0));
         assert_eq!(decode_boot(encode_boot(u32::MAX).as_bytes()), Ok(u32::MAX));
-        for bad in [
-            &b""[..],
-            b"\n",
-            b"7",
-            b"7\n\n",
-            b" 7\n",
-            b"-1\n",
-            b"4294967296\n",
-            b"\0\0",
-        ] {
-            assert_eq!(
-                decode_boot(bad),
-                Err(FormatError::BadBootCounter),
-                "{bad:?}"
-            );
+        for bad in [&b""[..], b"\n", b"7", b"7\n\n", b" 7\n", b"-1\n", b"4294967296\n", b"\0\0"] {
+            assert_eq!(decode_boot(bad), Err(FormatError::BadBootCounter), "{bad:?}");
         }
     }
 
