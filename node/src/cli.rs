@@ -1,0 +1,956 @@
+//! The `meshwork` command line: its clap definitions, and the dispatch of each command to the
+//! node's local API ([`crate::client`]) or, for `init`, `node start` and `caps`, to the daemon.
+//!
+//! Names, flags, JSON and exit statuses follow `shared/CONTRACT.md`: success exits 0, a
+//! failure exits with [`ErrorCode::exit_status`]. With `--json` every outcome, failures
+//! included, is exactly one JSON document on stdout; without it answers go to stdout for
+//! people and failures to stderr as `error: MESSAGE`.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use meshwork_protocol::api::{AddTask, ClaimTask, EditTask, HandoffRequest, NodeStatus, TaskStatus, TaskView};
+use meshwork_protocol::time::parse_duration_ms;
+use meshwork_protocol::{ErrorBody, ErrorCode};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::client::{Client, Response};
+use crate::output::{self, TaskAction};
+
+/// How long `node stop` waits for the node to close its socket before it gives up.
+const STOP_WAIT_MS_MAX: u64 = 10_000;
+
+/// The whole command line: global options and one command.
+#[derive(Debug, Parser)]
+#[command(name = "meshwork", version, about = "A peer-to-peer work queue for coding agents")]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalOptions,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes, before or after the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct GlobalOptions {
+    /// The node's home: key, config, document, socket [default: the platform's data directory]
+    #[arg(long, global = true, env = "MESHWORK_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// The local agent speaking [default: $USER]
+    #[arg(long, global = true, env = "MESHWORK_AGENT", value_name = "NAME")]
+    pub(crate) agent: Option<String>,
+    /// Print exactly one JSON document on stdout, failures included
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Repeating a mutation with the same id returns the first answer and changes nothing
+    #[arg(long, global = true, value_name = "ID")]
+    pub(crate) request_id: Option<String>,
+}
+
+/// One command of the contract.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the home, key and a mesh of one; idempotent
+    Init {
+        /// The node's name as peers see it [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run, inspect or stop this home's node
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Add, show, list, edit and cancel tasks
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// List the tasks ready for this machine
+    Ready {
+        /// Ready for any machine of the mesh, not only this one
+        #[arg(long)]
+        all: bool,
+    },
+    /// Claim a task, or with --next the best task ready for this machine
+    Claim(ClaimTarget),
+    /// Extend the lease of a task you hold
+    Renew {
+        /// The task
+        id: String,
+    },
+    /// Give a task you hold back to the queue
+    Release {
+        /// The task
+        id: String,
+        /// Why, for whoever picks it up next
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Record progress on a task you hold
+    Progress {
+        /// The task
+        id: String,
+        /// What happened
+        message: String,
+        /// How far along, 0 to 100
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+    },
+    /// Record what the next agent needs to continue a task
+    Handoff(HandoffArgs),
+    /// Finish a task you hold
+    Done {
+        /// The task
+        id: String,
+        /// What was done
+        #[arg(long)]
+        summary: Option<String>,
+    },
+    /// Record that a task you hold failed; it opens again while attempts remain
+    Fail {
+        /// The task
+        id: String,
+        /// Why it failed
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve a task that needs approval
+    Approve {
+        /// The task
+        id: String,
+    },
+    /// Write the whole resolved state
+    Export(ExportArgs),
+    /// The mesh this node belongs to
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
+    /// Show this machine's capability probe
+    Caps,
+}
+
+/// `meshwork node ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Run the node in the foreground until SIGINT or SIGTERM
+    Start(StartOptions),
+    /// Show the running node; exits 0 when it runs
+    Status,
+    /// Stop the running node and wait until it is gone
+    Stop,
+}
+
+/// How `meshwork node start` runs the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub(crate) struct StartOptions {
+    /// Listen on this address [default: QUIC and TCP on all interfaces]
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<String>,
+    /// Dial this peer
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub(crate) peers: Vec<String>,
+    /// Do not discover peers on the local network
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Neither listen nor dial
+    #[arg(long)]
+    pub(crate) offline: bool,
+    /// Serve the web dashboard on this address
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) dashboard: Option<String>,
+}
+
+/// `meshwork task ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCommand {
+    /// Add a task
+    #[command(allow_negative_numbers = true)]
+    Add(AddArgs),
+    /// Show one task
+    Show {
+        /// The task
+        id: String,
+    },
+    /// List tasks
+    List {
+        /// Only tasks in this status (repeat for several)
+        #[arg(long = "status", value_name = "STATUS", value_parser = status_parser())]
+        statuses: Vec<String>,
+    },
+    /// Change a task; what is not named stays as it is
+    #[command(allow_negative_numbers = true)]
+    Edit(EditArgs),
+    /// Cancel a task
+    Cancel {
+        /// The task
+        id: String,
+        /// Why
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `meshwork task add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// What to do, in one line
+    title: String,
+    /// The task's id [default: generated, `mw-...`]
+    #[arg(long)]
+    id: Option<String>,
+    /// Everything the agent needs to know
+    #[arg(long)]
+    description: Option<String>,
+    /// Start only after this task is done (repeatable)
+    #[arg(long, value_name = "ID")]
+    after: Vec<String>,
+    /// Run only on machines that meet this requirement (repeatable)
+    #[arg(long, value_name = "REQ")]
+    requires: Vec<String>,
+    /// Rather run on machines that meet this requirement (repeatable)
+    #[arg(long, value_name = "REQ")]
+    prefers: Vec<String>,
+    /// A label (repeatable)
+    #[arg(long = "label", value_name = "L")]
+    labels: Vec<String>,
+    /// Higher goes first; may be negative
+    #[arg(long, value_name = "N")]
+    priority: Option<i64>,
+    /// How long a claim lasts without renewal (90s, 30m, 2h, 1d)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    lease: Option<u64>,
+    /// How many failed attempts before the task fails for good
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// An acceptance check command (repeatable)
+    #[arg(long = "check", value_name = "CMD")]
+    checks: Vec<String>,
+    /// A file or glob the task touches (repeatable)
+    #[arg(long = "file", value_name = "GLOB")]
+    files: Vec<String>,
+    /// Nobody may claim the task before someone approves it
+    #[arg(long)]
+    needs_approval: bool,
+}
+
+/// `meshwork task edit`.
+#[derive(Debug, Args)]
+pub(crate) struct EditArgs {
+    /// The task
+    id: String,
+    /// A new title
+    #[arg(long)]
+    title: Option<String>,
+    /// A new description
+    #[arg(long)]
+    description: Option<String>,
+    /// A new priority; may be negative
+    #[arg(long, value_name = "N")]
+    priority: Option<i64>,
+    /// Add a dependency (repeatable)
+    #[arg(long, value_name = "ID")]
+    after: Vec<String>,
+    /// Remove a dependency (repeatable)
+    #[arg(long, value_name = "ID")]
+    not_after: Vec<String>,
+    /// Replace the hard requirements with these (repeatable)
+    #[arg(long, value_name = "REQ")]
+    requires: Option<Vec<String>>,
+    /// Replace the preferences with these (repeatable)
+    #[arg(long, value_name = "REQ")]
+    prefers: Option<Vec<String>>,
+    /// A new lease (90s, 30m, 2h, 1d)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    lease: Option<u64>,
+    /// A new limit on failed attempts
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+}
+
+/// `meshwork claim ID` or `meshwork claim --next`: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct ClaimTarget {
+    /// The task to claim
+    id: Option<String>,
+    /// Claim the best task ready for this machine
+    #[arg(long)]
+    next: bool,
+}
+
+/// `meshwork handoff`.
+#[derive(Debug, Args)]
+pub(crate) struct HandoffArgs {
+    /// The task
+    id: String,
+    /// A commit that holds the work so far (repeatable)
+    #[arg(long = "commit", value_name = "SHA")]
+    commits: Vec<String>,
+    /// A file worth reading first (repeatable)
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<String>,
+    /// A test command that shows where things stand (repeatable)
+    #[arg(long = "test", value_name = "CMD")]
+    tests: Vec<String>,
+    /// A risk the next agent should know (repeatable)
+    #[arg(long = "risk", value_name = "TEXT")]
+    risks: Vec<String>,
+    /// What to do next
+    #[arg(long, value_name = "TEXT")]
+    next: Option<String>,
+}
+
+/// `meshwork export`.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The export's format
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+    format: ExportFormat,
+    /// Write to this file instead of stdout
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// The formats `meshwork export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExportFormat {
+    /// One JSON document
+    Json,
+    /// One JSON object per line
+    Jsonl,
+    /// The raw Automerge document
+    Automerge,
+}
+
+impl ExportFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Json => "json",
+            ExportFormat::Jsonl => "jsonl",
+            ExportFormat::Automerge => "automerge",
+        }
+    }
+}
+
+/// `meshwork mesh ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MeshCommand {
+    /// List the mesh's members
+    Members,
+}
+
+fn status_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(TaskStatus::ALL.map(TaskStatus::as_str))
+}
+
+/// Parses the process's arguments. A usage error exits 2: with `--json` anywhere in the
+/// arguments it prints `{"error": {"code": "USAGE", ...}}` on stdout, otherwise clap's message
+/// on stderr. `--help` and `--version` print and exit 0.
+pub(crate) fn parse() -> Cli {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) if is_usage_error(&error) && wants_json(&args) => {
+            output::print_json_error(&usage_error_body(&error));
+            std::process::exit(i32::from(ErrorCode::Usage.exit_status()))
+        }
+        Err(error) => error.exit(),
+    }
+}
+
+/// Help and version requests are answers, not errors.
+fn is_usage_error(error: &clap::Error) -> bool {
+    use clap::error::ErrorKind;
+    !matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+}
+
+/// Whether `--json` stands among the options (before a lone `--`, after which all is values).
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter().skip(1).take_while(|arg| *arg != "--").any(|arg| arg == "--json")
+}
+
+/// clap's message without its usage block, on one line: `unexpected argument '--x' found`.
+fn usage_error_body(error: &clap::Error) -> ErrorBody {
+    let rendered = error.render().to_string();
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap renders the command's whole help here; name the command instead.
+        return ErrorBody::new(ErrorCode::Usage, missing_subcommand_message(&rendered));
+    }
+    let mut message = String::new();
+    let lines = rendered.lines().map(str::trim).filter(|line| !line.is_empty());
+    for line in lines.take_while(|line| !line.starts_with("Usage:")) {
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if !message.is_empty() {
+            message.push_str(if message.ends_with(':') { " " } else { "; " });
+        }
+        message.push_str(line);
+    }
+    ErrorBody::new(ErrorCode::Usage, message)
+}
+
+/// `meshwork task needs a subcommand; see meshwork task --help`, the command read from the
+/// usage line of the rendered help.
+fn missing_subcommand_message(rendered_help: &str) -> String {
+    let usage = rendered_help.lines().find_map(|line| line.trim().strip_prefix("Usage: "));
+    let words = usage.unwrap_or("meshwork").split_whitespace();
+    let command: Vec<&str> = words.take_while(|word| !word.starts_with(['[', '<'])).collect();
+    let command = command.join(" ");
+    format!("{command} needs a subcommand; see `{command} --help`")
+}
+
+/// Runs one command and returns the process's exit status.
+pub(crate) fn run(cli: Cli) -> i32 {
+    let json = cli.global.json;
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(error) => {
+            if json {
+                output::print_json_error(&error);
+            } else {
+                eprintln!("error: {}", error.message);
+            }
+            i32::from(error.code.exit_status())
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), ErrorBody> {
+    let Cli { global, command } = cli;
+    let home = resolve_home(global.home.clone()).map_err(|error| error_body(&error))?;
+    match command {
+        Command::Init { name } => {
+            let view = crate::daemon::init(&home, name.as_deref()).map_err(|e| error_body(&e))?;
+            print_answer(global.json, &view, output::init)
+        }
+        Command::Node { command: NodeCommand::Start(options) } => {
+            crate::daemon::start(&home, options).map_err(|error| error_body(&error))
+        }
+        Command::Caps => {
+            let probe = crate::daemon::local_caps(&home).map_err(|error| error_body(&error))?;
+            print_answer(global.json, &probe, crate::probe::render_probe)
+        }
+        Command::Export(export) => {
+            check_export_destination(&export, global.json, std::io::stdout().is_terminal())?;
+            block_on(run_export(&global, &home, export))
+        }
+        command => {
+            let call = api_call(command)?;
+            block_on(run_api_call(&global, &home, call))
+        }
+    }
+}
+
+/// The node's home: `--home`, else `MESHWORK_HOME`, else the platform's data directory
+/// (`~/.local/share/meshwork` on Linux). Relative paths are made absolute.
+pub(crate) fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let env = std::env::var_os("MESHWORK_HOME");
+    let platform_default = || directories::ProjectDirs::from("", "", "meshwork").map(|dirs| dirs.data_dir().to_owned());
+    let home = choose_home(flag, env, platform_default).ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::Usage,
+            "cannot find this platform's data directory; pass --home DIR or set MESHWORK_HOME",
+        )
+    })?;
+    Ok(std::path::absolute(&home).unwrap_or(home))
+}
+
+/// The order of [`resolve_home`], apart from the process's environment. Empty values count as
+/// absent.
+fn choose_home(
+    flag: Option<PathBuf>,
+    env: Option<OsString>,
+    platform_default: impl FnOnce() -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    flag.filter(|path| !path.as_os_str().is_empty())
+        .or_else(|| env.filter(|value| !value.is_empty()).map(PathBuf::from))
+        .or_else(platform_default)
+}
+
+/// The agent speaking: `--agent` (or `MESHWORK_AGENT`), else `$USER`, else `agent`.
+fn agent_name(flag: Option<&str>, user: Option<String>) -> String {
+    flag.filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .or_else(|| user.filter(|name| !name.is_empty()))
+        .unwrap_or_else(|| "agent".to_owned())
+}
+
+/// Reads an error the daemon returned: an [`ErrorBody`] inside keeps its code, anything else
+/// is `INTERNAL`.
+fn error_body(error: &anyhow::Error) -> ErrorBody {
+    match error.downcast_ref::<ErrorBody>() {
+        Some(body) => body.clone(),
+        None => ErrorBody::new(ErrorCode::Internal, format!("{error:#}")),
+    }
+}
+
+fn internal(context: &str, error: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, format!("{context}: {error}"))
+}
+
+/// Runs a client future on a current-thread runtime: the CLI lives for one request.
+fn block_on(future: impl Future<Output = Result<(), ErrorBody>>) -> Result<(), ErrorBody> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| internal("cannot start the async runtime", error))?;
+    runtime.block_on(future)
+}
+
+async fn connect(global: &GlobalOptions, home: &Path) -> Result<Client, ErrorBody> {
+    let agent = agent_name(global.agent.as_deref(), std::env::var("USER").ok());
+    let client = Client::connect(home).await?;
+    client.with_agent(&agent)?.with_request_id(global.request_id.as_deref())
+}
+
+/// One request to the local API and how to show its answer.
+#[derive(Debug)]
+struct ApiCall {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    answer: Answer,
+}
+
+/// The shape of an API answer, which picks its human rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Task(TaskAction),
+    Tasks,
+    Status,
+    Stopping,
+    Members,
+}
+
+impl ApiCall {
+    fn get(path: String, answer: Answer) -> ApiCall {
+        ApiCall { method: Method::GET, path, body: None, answer }
+    }
+
+    fn post(path: String, body: Option<Value>, answer: Answer) -> ApiCall {
+        ApiCall { method: Method::POST, path, body, answer }
+    }
+
+    /// `POST /v1/tasks/{id}/{action}` answered with the task.
+    fn on_task(id: &str, action: &str, body: Option<Value>, shown: TaskAction) -> ApiCall {
+        ApiCall::post(format!("{}/{action}", task_path(id)), body, Answer::Task(shown))
+    }
+}
+
+fn task_path(id: &str) -> String {
+    format!("/v1/tasks/{}", crate::client::path_segment(id))
+}
+
+fn to_body(value: &impl Serialize) -> Result<Option<Value>, ErrorBody> {
+    serde_json::to_value(value).map(Some).map_err(|error| internal("cannot encode the request", error))
+}
+
+fn note(text: Option<String>, percent: Option<u8>) -> Result<Option<Value>, ErrorBody> {
+    to_body(&meshwork_protocol::api::TaskNote { text: text.unwrap_or_default(), percent })
+}
+
+/// The request each command that talks to the node makes. `init`, `node start`, `caps` and
+/// `export` are handled before this.
+fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
+    let call = match command {
+        Command::Node { command: NodeCommand::Status } => ApiCall::get("/v1/status".to_owned(), Answer::Status),
+        Command::Node { command: NodeCommand::Stop } => {
+            ApiCall::post("/v1/shutdown".to_owned(), None, Answer::Stopping)
+        }
+        Command::Task { command } => return task_call(command),
+        Command::Ready { all } => {
+            let path = if all { "/v1/ready?all=true" } else { "/v1/ready" };
+            ApiCall::get(path.to_owned(), Answer::Tasks)
+        }
+        Command::Claim(target) => {
+            let body = ClaimTask { task: target.id, next: target.next };
+            ApiCall::post("/v1/claim".to_owned(), to_body(&body)?, Answer::Task(TaskAction::Claimed))
+        }
+        Command::Renew { id } => ApiCall::on_task(&id, "renew", None, TaskAction::Renewed),
+        Command::Release { id, reason } => ApiCall::on_task(&id, "release", note(reason, None)?, TaskAction::Released),
+        Command::Progress { id, message, percent } => {
+            ApiCall::on_task(&id, "progress", note(Some(message), percent)?, TaskAction::Progress)
+        }
+        Command::Handoff(handoff) => handoff_call(handoff)?,
+        Command::Done { id, summary } => ApiCall::on_task(&id, "done", note(summary, None)?, TaskAction::Done),
+        Command::Fail { id, reason } => ApiCall::on_task(&id, "fail", note(Some(reason), None)?, TaskAction::Failed),
+        Command::Approve { id } => ApiCall::on_task(&id, "approve", None, TaskAction::Approved),
+        Command::Mesh { command: MeshCommand::Members } => ApiCall::get("/v1/members".to_owned(), Answer::Members),
+        Command::Init { .. }
+        | Command::Node { command: NodeCommand::Start(_) }
+        | Command::Caps
+        | Command::Export(_) => {
+            return Err(ErrorBody::new(ErrorCode::Internal, "this command needs no request"));
+        }
+    };
+    Ok(call)
+}
+
+fn task_call(command: TaskCommand) -> Result<ApiCall, ErrorBody> {
+    let call = match command {
+        TaskCommand::Add(add) => {
+            ApiCall::post("/v1/tasks".to_owned(), to_body(&add.into_request())?, Answer::Task(TaskAction::Added))
+        }
+        TaskCommand::Show { id } => ApiCall::get(task_path(&id), Answer::Task(TaskAction::Show)),
+        TaskCommand::List { statuses } => {
+            let query: Vec<String> = statuses.iter().map(|status| format!("status={status}")).collect();
+            let path = if query.is_empty() { "/v1/tasks".to_owned() } else { format!("/v1/tasks?{}", query.join("&")) };
+            ApiCall::get(path, Answer::Tasks)
+        }
+        TaskCommand::Edit(edit) => edit_call(edit)?,
+        TaskCommand::Cancel { id, reason } => {
+            ApiCall::on_task(&id, "cancel", note(reason, None)?, TaskAction::Cancelled)
+        }
+    };
+    Ok(call)
+}
+
+fn edit_call(edit: EditArgs) -> Result<ApiCall, ErrorBody> {
+    let path = task_path(&edit.id);
+    let request = edit.into_request();
+    if request == EditTask::default() {
+        return Err(ErrorBody::new(
+            ErrorCode::Usage,
+            "nothing to change; pass at least one of --title, --description, --priority, --after, \
+             --not-after, --requires, --prefers, --lease, --max-attempts",
+        ));
+    }
+    let body = to_body(&request)?;
+    Ok(ApiCall { method: Method::PATCH, path, body, answer: Answer::Task(TaskAction::Edited) })
+}
+
+fn handoff_call(handoff: HandoffArgs) -> Result<ApiCall, ErrorBody> {
+    let request = HandoffRequest {
+        commits: handoff.commits,
+        files: handoff.files,
+        tests: handoff.tests,
+        risks: handoff.risks,
+        next: handoff.next.unwrap_or_default(),
+    };
+    Ok(ApiCall::on_task(&handoff.id, "handoff", to_body(&request)?, TaskAction::Handoff))
+}
+
+impl AddArgs {
+    fn into_request(self) -> AddTask {
+        AddTask {
+            id: self.id,
+            title: self.title,
+            description: self.description.unwrap_or_default(),
+            after: self.after,
+            requires: self.requires,
+            prefers: self.prefers,
+            labels: self.labels,
+            priority: self.priority.unwrap_or(0),
+            lease_ms: self.lease,
+            max_attempts: self.max_attempts,
+            checks: self.checks,
+            files: self.files,
+            needs_approval: self.needs_approval,
+        }
+    }
+}
+
+impl EditArgs {
+    fn into_request(self) -> EditTask {
+        EditTask {
+            title: self.title,
+            description: self.description,
+            priority: self.priority,
+            after: self.after,
+            not_after: self.not_after,
+            requires: self.requires,
+            prefers: self.prefers,
+            lease_ms: self.lease,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+async fn run_api_call(global: &GlobalOptions, home: &Path, call: ApiCall) -> Result<(), ErrorBody> {
+    let mut client = connect(global, home).await?;
+    let response = client.request(call.method, &call.path, call.body).await?;
+    drop(client);
+    if call.answer == Answer::Stopping {
+        crate::client::wait_until_stopped(home, Duration::from_millis(STOP_WAIT_MS_MAX)).await?;
+    }
+    if global.json {
+        // The node's JSON as it sent it, so fields keep the API's order.
+        response.json::<serde::de::IgnoredAny>()?;
+        return output::print_json_text(response.bytes());
+    }
+    output::print_text(&render_answer(call.answer, &response, home)?)
+}
+
+/// The human rendering of an answer. An answer this CLI cannot read (a newer node, say) is
+/// shown as JSON with a warning: the operation itself succeeded.
+fn render_answer(answer: Answer, response: &Response, home: &Path) -> Result<String, ErrorBody> {
+    let rendered = match answer {
+        Answer::Task(action) => response.json::<TaskView>().map(|task| output::task(action, &task)),
+        Answer::Tasks => response.json::<Vec<TaskView>>().map(|tasks| output::task_table(&tasks)),
+        Answer::Status => response.json::<NodeStatus>().map(|status| output::node_status(&status)),
+        Answer::Members => {
+            response.json::<Vec<meshwork_crdt::export::MemberView>>().map(|members| output::members_table(&members))
+        }
+        Answer::Stopping => Ok(format!("stopped the node for {}\n", home.display())),
+    };
+    match rendered {
+        Ok(text) => Ok(text),
+        Err(error) => {
+            eprintln!("warning: {}; showing the answer as JSON", error.message);
+            let value: Value = response.json()?;
+            serde_json::to_string_pretty(&value)
+                .map(|text| text + "\n")
+                .map_err(|error| internal("cannot encode the answer", error))
+        }
+    }
+}
+
+/// Prints a value the daemon returned: as JSON, or rendered for people.
+fn print_answer<T: Serialize>(json: bool, value: &T, render: impl FnOnce(&T) -> String) -> Result<(), ErrorBody> {
+    if json {
+        let text = serde_json::to_string(value).map_err(|error| internal("cannot encode the answer", error))?;
+        output::print_json_text(text.as_bytes())
+    } else {
+        output::print_text(&render(value))
+    }
+}
+
+/// Refuses to write binary to a terminal, or anything but one JSON document under `--json`.
+fn check_export_destination(export: &ExportArgs, json: bool, stdout_is_terminal: bool) -> Result<(), ErrorBody> {
+    if export.output.is_some() || export.format != ExportFormat::Automerge {
+        return Ok(());
+    }
+    if json {
+        return Err(ErrorBody::new(
+            ErrorCode::Usage,
+            "--json prints one JSON document; write the automerge export with --output FILE",
+        ));
+    }
+    if stdout_is_terminal {
+        return Err(ErrorBody::new(
+            ErrorCode::Usage,
+            "refusing to write the binary automerge document to a terminal; \
+             pass --output FILE or redirect stdout",
+        ));
+    }
+    Ok(())
+}
+
+/// What `export --output FILE --json` prints.
+#[derive(Debug, Serialize)]
+struct ExportWritten<'a> {
+    format: &'static str,
+    output: &'a Path,
+    bytes: usize,
+}
+
+async fn run_export(global: &GlobalOptions, home: &Path, export: ExportArgs) -> Result<(), ErrorBody> {
+    let mut client = connect(global, home).await?;
+    let path = format!("/v1/export?format={}", export.format.as_str());
+    let response = client.request(Method::GET, &path, None).await?;
+    let Some(file) = &export.output else {
+        return output::print_export(response.bytes(), export.format != ExportFormat::Automerge);
+    };
+    std::fs::write(file, response.bytes())
+        .map_err(|error| internal(&format!("cannot write {}", file.display()), error))?;
+    let written = ExportWritten { format: export.format.as_str(), output: file, bytes: response.bytes().len() };
+    print_answer(global.json, &written, |written| {
+        format!("wrote the {} export to {} ({} bytes)\n", written.format, file.display(), written.bytes)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("meshwork").chain(args.iter().copied()))
+    }
+
+    fn os_args(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    /// Global options may stand before or after the subcommand: parse both placements and
+    /// compare.
+    #[test]
+    fn global_options_parse_before_and_after_the_subcommand() {
+        let before = ["--home", "/h", "--agent", "a1", "--json", "--request-id", "r1", "task", "show", "W-1"];
+        let after = ["task", "show", "W-1", "--home", "/h", "--agent", "a1", "--json", "--request-id", "r1"];
+        for args in [&before[..], &after[..]] {
+            let cli = parse_args(args).map_err(|error| error.to_string());
+            let cli = cli.as_ref().map(|cli| &cli.global);
+            let cli = cli.map(|g| (g.home.clone(), g.agent.clone(), g.json, g.request_id.clone()));
+            assert_eq!(
+                cli,
+                Ok((Some(PathBuf::from("/h")), Some("a1".to_owned()), true, Some("r1".to_owned()))),
+                "{args:?}"
+            );
+        }
+        let middle = parse_args(&["task", "--json", "show", "W-1"]);
+        assert!(middle.is_ok_and(|cli| cli.global.json));
+    }
+
+    /// `claim` takes exactly one of ID and `--next`: try none, each, and both.
+    #[test]
+    fn claim_requires_exactly_one_of_id_and_next() {
+        let target = |args: &[&str]| match parse_args(args) {
+            Ok(Cli { command: Command::Claim(target), .. }) => Ok((target.id, target.next)),
+            Ok(other) => panic!("not a claim: {other:?}"),
+            Err(error) => Err(error.kind()),
+        };
+        use clap::error::ErrorKind;
+        assert_eq!(target(&["claim", "W-1"]), Ok((Some("W-1".to_owned()), false)));
+        assert_eq!(target(&["claim", "--next"]), Ok((None, true)));
+        assert_eq!(target(&["claim"]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(target(&["claim", "W-1", "--next"]), Err(ErrorKind::ArgumentConflict));
+    }
+
+    /// A usage error under `--json` becomes the contract's USAGE body, on one line; without
+    /// `--json`, or after `--`, clap speaks.
+    #[test]
+    fn usage_errors_become_json_when_json_is_asked() {
+        assert!(wants_json(&os_args(&["meshwork", "fail", "W-1", "--json"])));
+        assert!(!wants_json(&os_args(&["meshwork", "progress", "W-1", "--", "--json"])));
+        assert!(!wants_json(&os_args(&["meshwork", "fail", "W-1"])));
+        let Err(error) = parse_args(&["fail", "W-1", "--json"]) else { panic!("parsed") };
+        let envelope = meshwork_protocol::error::ErrorEnvelope { error: usage_error_body(&error) };
+        expect_test::expect![[r#"{"error":{"code":"USAGE","message":"the following required arguments were not provided: --reason <REASON>","retryable":false}}"#]]
+            .assert_eq(&serde_json::to_string(&envelope).unwrap_or_default());
+        let Err(error) = parse_args(&["--json", "bogus"]) else { panic!("parsed") };
+        expect_test::expect!["unrecognized subcommand 'bogus'"].assert_eq(&usage_error_body(&error).message);
+        let Err(error) = parse_args(&["--json", "task"]) else { panic!("parsed") };
+        expect_test::expect!["meshwork task needs a subcommand; see `meshwork task --help`"]
+            .assert_eq(&usage_error_body(&error).message);
+        let Err(help) = parse_args(&["--help", "--json"]) else { panic!("parsed") };
+        assert!(!is_usage_error(&help));
+    }
+
+    /// Durations parse with the protocol's parser into milliseconds; percents stay in 0..=100;
+    /// priorities may be negative.
+    #[test]
+    fn durations_percents_and_negative_priorities_are_validated() {
+        let lease = |text: &str| match parse_args(&["task", "add", "T", "--lease", text]) {
+            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => Ok(add.lease),
+            Ok(other) => panic!("not an add: {other:?}"),
+            Err(error) => Err(error.kind()),
+        };
+        assert_eq!(lease("90s"), Ok(Some(90_000)));
+        assert_eq!(lease("2h"), Ok(Some(7_200_000)));
+        assert_eq!(lease("1.5h"), Err(clap::error::ErrorKind::ValueValidation));
+        assert!(parse_args(&["progress", "W-1", "half", "--percent", "100"]).is_ok());
+        assert!(parse_args(&["progress", "W-1", "half", "--percent", "0"]).is_ok());
+        for bad in ["101", "-1", "50.5"] {
+            assert!(parse_args(&["progress", "W-1", "half", "--percent", bad]).is_err(), "{bad}");
+        }
+        let priority = |args: &[&str]| match parse_args(args) {
+            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => add.priority,
+            Ok(Cli { command: Command::Task { command: TaskCommand::Edit(edit) }, .. }) => edit.priority,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(priority(&["task", "add", "T", "--priority", "-5"]), Some(-5));
+        assert_eq!(priority(&["task", "edit", "W-1", "--priority", "-7"]), Some(-7));
+    }
+
+    /// `--home` beats `MESHWORK_HOME`, which beats the platform default; empty values are
+    /// absent. Tested on the pure core since the process's environment is shared.
+    #[test]
+    fn home_resolves_flag_then_env_then_platform_default() {
+        let default = || Some(PathBuf::from("/default"));
+        let env = || Some(OsString::from("/env"));
+        let flag = || Some(PathBuf::from("/flag"));
+        assert_eq!(choose_home(flag(), env(), default), Some(PathBuf::from("/flag")));
+        assert_eq!(choose_home(None, env(), default), Some(PathBuf::from("/env")));
+        assert_eq!(choose_home(None, None, default), Some(PathBuf::from("/default")));
+        assert_eq!(choose_home(Some(PathBuf::new()), Some(OsString::new()), default), Some(PathBuf::from("/default")));
+        assert_eq!(choose_home(None, None, || None), None);
+        let resolved = resolve_home(Some(PathBuf::from("relative/home"))).ok();
+        assert!(resolved.is_some_and(|home| home.is_absolute() && home.ends_with("relative/home")));
+    }
+
+    /// The agent is `--agent`, else `$USER`, else `agent`.
+    #[test]
+    fn agent_defaults_to_user_then_agent() {
+        assert_eq!(agent_name(Some("claude-1"), Some("ann".to_owned())), "claude-1");
+        assert_eq!(agent_name(None, Some("ann".to_owned())), "ann");
+        assert_eq!(agent_name(Some(""), Some(String::new())), "agent");
+    }
+
+    fn call_for(args: &[&str]) -> String {
+        let cli = parse_args(args).map_err(|error| error.to_string());
+        match cli.and_then(|cli| api_call(cli.command).map_err(|error| error.to_string())) {
+            Ok(call) => {
+                let body = call.body.map(|body| body.to_string()).unwrap_or_default();
+                format!("{} {} {body}", call.method, call.path)
+            }
+            Err(error) => format!("error: {error}"),
+        }
+    }
+
+    /// Each command maps to the route and body of docs/API.md; ids are escaped in paths.
+    #[test]
+    fn commands_map_to_api_requests() {
+        let calls = [
+            call_for(&["claim", "--next"]),
+            call_for(&["claim", "W-1"]),
+            call_for(&["task", "list", "--status", "open", "--status", "claimed"]),
+            call_for(&["ready", "--all"]),
+            call_for(&["progress", "W.1", "half way", "--percent", "50"]),
+            call_for(&["task", "edit", "W-1", "--lease", "30m", "--requires", "os=linux"]),
+            call_for(&["task", "edit", "W-1"]),
+            call_for(&["task", "show", ".."]),
+            call_for(&["handoff", "W-1", "--commit", "abc", "--next", "tests"]),
+        ];
+        expect_test::expect![[r#"
+            POST /v1/claim {"next":true,"task":null}
+            POST /v1/claim {"next":false,"task":"W-1"}
+            GET /v1/tasks?status=open&status=claimed 
+            GET /v1/ready?all=true 
+            POST /v1/tasks/W%2E1/progress {"percent":50,"text":"half way"}
+            PATCH /v1/tasks/W-1 {"after":[],"description":null,"lease_ms":1800000,"max_attempts":null,"not_after":[],"prefers":null,"priority":null,"requires":["os=linux"],"title":null}
+            error: USAGE: nothing to change; pass at least one of --title, --description, --priority, --after, --not-after, --requires, --prefers, --lease, --max-attempts
+            GET /v1/tasks/%2E%2E 
+            POST /v1/tasks/W-1/handoff {"commits":["abc"],"files":[],"next":"tests","risks":[],"tests":[]}
+        "#]]
+        .assert_eq(&(calls.join("\n") + "\n"));
+    }
+
+    /// Binary never goes to a terminal, and `--json` never carries it.
+    #[test]
+    fn automerge_export_refuses_terminals_and_json() {
+        let export = |format, output: Option<&str>| ExportArgs { format, output: output.map(PathBuf::from) };
+        let code = |result: Result<(), ErrorBody>| result.map_err(|error| error.code);
+        let binary = export(ExportFormat::Automerge, None);
+        assert_eq!(code(check_export_destination(&binary, false, true)), Err(ErrorCode::Usage));
+        assert_eq!(code(check_export_destination(&binary, true, false)), Err(ErrorCode::Usage));
+        assert_eq!(code(check_export_destination(&binary, false, false)), Ok(()));
+        let to_file = export(ExportFormat::Automerge, Some("doc.am"));
+        assert_eq!(code(check_export_destination(&to_file, true, true)), Ok(()));
+        let text = export(ExportFormat::Jsonl, None);
+        assert_eq!(code(check_export_destination(&text, false, true)), Ok(()));
+    }
+
+    /// A daemon error that carries an ErrorBody keeps its code; others are INTERNAL.
+    #[test]
+    fn daemon_errors_keep_their_code() {
+        let typed = anyhow::Error::new(ErrorBody::new(ErrorCode::Conflict, "already running"));
+        assert_eq!(error_body(&typed).code, ErrorCode::Conflict);
+        let plain = anyhow::anyhow!("disk full").context("cannot write the key");
+        assert_eq!(error_body(&plain).message, "cannot write the key: disk full");
+        assert_eq!(error_body(&plain).code, ErrorCode::Internal);
+    }
+
+    /// clap's own consistency checks over the whole command tree.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

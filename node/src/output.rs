@@ -1,0 +1,673 @@
+//! What the CLI prints: renderings for people (pure functions from the API's JSON types to
+//! text) and the writers that put text, JSON and export bytes on stdout.
+
+use std::io::Write;
+
+use meshwork_crdt::export::MemberView;
+use meshwork_protocol::api::{
+    HandoffView, InitView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
+};
+use meshwork_protocol::error::ErrorEnvelope;
+use meshwork_protocol::{ErrorBody, ErrorCode};
+
+/// Longest title a task table shows, in characters; longer ones end in `…`.
+const TABLE_TITLE_CHARS_MAX: usize = 60;
+
+/// Writes `text` to stdout. A closed pipe (`meshwork task list | head -1`) is not a failure.
+pub(crate) fn print_text(text: &str) -> Result<(), ErrorBody> {
+    write_stdout(text.as_bytes())
+}
+
+/// Writes JSON text already checked to be one document, ending it with a newline.
+pub(crate) fn print_json_text(json: &[u8]) -> Result<(), ErrorBody> {
+    write_stdout(json.trim_ascii())?;
+    write_stdout(b"\n")
+}
+
+/// Writes `{"error": {...}}` on stdout, the `--json` shape of every failure.
+pub(crate) fn print_json_error(error: &ErrorBody) {
+    let envelope = ErrorEnvelope { error: error.clone() };
+    let text = serde_json::to_string(&envelope).unwrap_or_else(|_| {
+        // An ErrorBody always encodes; this keeps the promise of one JSON document anyway.
+        r#"{"error":{"code":"INTERNAL","message":"cannot encode the error","retryable":false}}"#.to_owned()
+    });
+    // Nothing is left to report a failed write to.
+    let _ = print_text(&(text + "\n"));
+}
+
+/// Writes an export's bytes as they came; text exports end with a newline.
+pub(crate) fn print_export(bytes: &[u8], is_text: bool) -> Result<(), ErrorBody> {
+    write_stdout(bytes)?;
+    if is_text && !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        write_stdout(b"\n")?;
+    }
+    Ok(())
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), ErrorBody> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(ErrorBody::new(ErrorCode::Internal, format!("cannot write to stdout: {error}"))),
+    }
+}
+
+/// Which command a task answer came from, which picks its one-line confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskAction {
+    /// `task show`: the whole task, not a confirmation.
+    Show,
+    Added,
+    Edited,
+    Cancelled,
+    Claimed,
+    Renewed,
+    Released,
+    Progress,
+    Handoff,
+    Done,
+    Failed,
+    Approved,
+}
+
+/// The human answer to a command that returned a task.
+pub(crate) fn task(action: TaskAction, task: &TaskView) -> String {
+    let id = &task.id;
+    let line = match action {
+        TaskAction::Show => return task_block(task),
+        TaskAction::Added if task.blocked_by.is_empty() => format!("added {id}"),
+        TaskAction::Added => format!("added {id} (blocked by {})", join(&task.blocked_by)),
+        TaskAction::Edited => format!("edited {id}"),
+        TaskAction::Cancelled => format!("cancelled {id}"),
+        TaskAction::Claimed => match &task.holder {
+            Some(holder) => {
+                format!("claimed {id} (generation {}, lease until {})", task.generation, holder.lease_until)
+            }
+            None => format!("claimed {id} (generation {})", task.generation),
+        },
+        TaskAction::Renewed => match &task.holder {
+            Some(holder) => format!("renewed {id} (lease until {})", holder.lease_until),
+            None => format!("renewed {id}"),
+        },
+        TaskAction::Released => format!("released {id}"),
+        TaskAction::Progress => match task.progress.last().and_then(|progress| progress.percent) {
+            Some(percent) => format!("recorded progress on {id} ({percent}%)"),
+            None => format!("recorded progress on {id}"),
+        },
+        TaskAction::Handoff => format!("recorded a handoff on {id}"),
+        TaskAction::Done => format!("done {id}"),
+        TaskAction::Failed if task.status == TaskStatus::Failed => {
+            format!("{id} failed for good after {} attempts", task.attempts)
+        }
+        TaskAction::Failed => format!(
+            "recorded the failure of {id}; it is open again (attempt {} of at most {})",
+            task.attempts, task.max_attempts
+        ),
+        TaskAction::Approved => format!("approved {id}"),
+    };
+    line + "\n"
+}
+
+/// Everything about one task, for `task show`.
+pub(crate) fn task_block(task: &TaskView) -> String {
+    let mut fields = Fields::default();
+    fields.add("status", status_summary(task));
+    if let Some(holder) = &task.holder {
+        let who = format!("{}@{}", holder.agent, holder.node_name);
+        fields.add("holder", format!("{who} since {}, lease until {}", holder.claimed_at, holder.lease_until));
+    }
+    fields.add("priority", task.priority.to_string());
+    fields
+        .add("attempts", format!("{} of at most {}, generation {}", task.attempts, task.max_attempts, task.generation));
+    fields.add("lease", format_duration_ms(task.lease_ms));
+    fields.add_list("depends on", &task.depends_on);
+    fields.add_list("blocked by", &task.blocked_by);
+    fields.add_list("requires", &task.requires);
+    fields.add_list("prefers", &task.prefers);
+    fields.add_list("labels", &task.labels);
+    fields.add_list("files", &task.files);
+    let checks: Vec<&str> = task.checks.iter().map(|check| check.command.as_str()).collect();
+    fields.add_list("checks", &checks);
+    if task.needs_approval {
+        fields.add("approval", if task.approved { "given" } else { "needed" }.to_owned());
+    }
+    add_outcomes(&mut fields, task);
+    fields.add_list("id conflicts", &task.id_conflicts);
+    if task.rejected_records > 0 {
+        fields.add("rejected records", task.rejected_records.to_string());
+    }
+    fields.add("created", format!("{} by {}", task.created_at, task.created_by));
+    fields.add("updated", task.updated_at.clone());
+    let mut out = format!("{}  {}\n{}", task.id, task.title, fields.render());
+    out.push_str(&task_sections(task));
+    out
+}
+
+fn status_summary(task: &TaskView) -> String {
+    let status = task.status.as_str();
+    match task.status {
+        TaskStatus::Open if task.ready => format!("{status}, ready"),
+        TaskStatus::Open => format!("{status}, not ready"),
+        _ => status.to_owned(),
+    }
+}
+
+fn add_outcomes(fields: &mut Fields, task: &TaskView) {
+    if let Some(result) = &task.result {
+        fields.add("result", format!("{} (by {} at {})", result.summary, result.by, result.at));
+    }
+    for other in &task.other_results {
+        fields.add("other result", format!("{} (by {} at {})", other.summary, other.by, other.at));
+    }
+    if let Some(failure) = &task.failure {
+        fields.add("failed", format!("{} (by {} at {})", failure.reason, failure.by, failure.at));
+    }
+    if let Some(cancelled) = &task.cancelled {
+        fields.add("cancelled", format!("{} (by {} at {})", cancelled.reason, cancelled.by, cancelled.at));
+    }
+}
+
+/// The multi-line parts of a task: description, progress, lost claims, handoffs.
+fn task_sections(task: &TaskView) -> String {
+    let mut out = String::new();
+    if !task.description.is_empty() {
+        out.push_str("description:\n");
+        out.push_str(&indent(&task.description, "  "));
+    }
+    if !task.progress.is_empty() {
+        out.push_str("progress:\n");
+        out.push_str(&indent(&table(&[], &task.progress.iter().map(progress_row).collect::<Vec<_>>()), "  "));
+    }
+    if !task.lost_claims.is_empty() {
+        out.push_str("lost claims:\n");
+        for lost in &task.lost_claims {
+            out.push_str(&format!("  {}\n", lost_claim_line(lost)));
+        }
+    }
+    if !task.handoffs.is_empty() {
+        out.push_str("handoffs:\n");
+        for handoff in &task.handoffs {
+            out.push_str(&indent(&handoff_block(handoff), "  "));
+        }
+    }
+    out
+}
+
+fn progress_row(progress: &ProgressView) -> Vec<String> {
+    let percent = progress.percent.map(|percent| format!("{percent}%")).unwrap_or_default();
+    let who = format!("{}@{}", progress.agent, short_node_id(&progress.node_id));
+    vec![progress.at.clone(), who, percent, progress.message.clone()]
+}
+
+fn lost_claim_line(lost: &LostClaimView) -> String {
+    format!(
+        "{}@{} (generation {}, claimed {}): {}",
+        lost.agent,
+        short_node_id(&lost.node_id),
+        lost.generation,
+        lost.claimed_at,
+        lost.reason
+    )
+}
+
+fn handoff_block(handoff: &HandoffView) -> String {
+    let mut fields = Fields::default();
+    fields.add_list("commits", &handoff.commits);
+    fields.add_list("files", &handoff.files);
+    fields.add_list("tests", &handoff.tests);
+    fields.add_list("risks", &handoff.risks);
+    if !handoff.next.is_empty() {
+        fields.add("next", handoff.next.clone());
+    }
+    let who = format!("{}@{}", handoff.agent, short_node_id(&handoff.node_id));
+    format!("{} by {who}\n{}", handoff.at, indent(&fields.render(), "  "))
+}
+
+/// `task list` and `ready`: one aligned row per task.
+pub(crate) fn task_table(tasks: &[TaskView]) -> String {
+    if tasks.is_empty() {
+        return "no tasks\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|task| {
+            let holder = task.holder.as_ref().map(|holder| format!("{}@{}", holder.agent, holder.node_name));
+            vec![
+                task.id.to_string(),
+                task.status.as_str().to_owned(),
+                task.priority.to_string(),
+                holder.unwrap_or_else(|| "-".to_owned()),
+                truncate(&task.title, TABLE_TITLE_CHARS_MAX),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATUS", "PRI", "HOLDER", "TITLE"], &rows)
+}
+
+/// `node status`: the node, then its peers.
+pub(crate) fn node_status(status: &NodeStatus) -> String {
+    let mut fields = Fields::default();
+    fields.add("node", format!("{} ({})", status.name, status.node_id));
+    fields.add("mesh", status.mesh_id.clone());
+    fields.add("home", status.home.clone());
+    fields.add("pid", format!("{}, started {}", status.pid, status.started_at));
+    fields.add("api version", status.api_version.to_string());
+    if status.offline {
+        fields.add("network", "offline: neither listening nor dialling".to_owned());
+    }
+    fields.add_lines("listening on", &status.listen);
+    fields.add("tasks", status.tasks.to_string());
+    fields.add("rejected records", status.rejected_records.to_string());
+    fields.add_lines("skipped files", &status.skipped_files);
+    let mut out = fields.render();
+    if status.peers.is_empty() {
+        out.push_str("peers: none\n");
+    } else {
+        let rows: Vec<Vec<String>> = status.peers.iter().map(peer_row).collect();
+        out.push_str("peers:\n");
+        out.push_str(&indent(&table(&["NAME", "NODE ID", "STATE", "ADDRESSES"], &rows), "  "));
+    }
+    out
+}
+
+fn peer_row(peer: &PeerView) -> Vec<String> {
+    let state = match (&peer.connected, &peer.last_seen) {
+        (true, _) => "connected".to_owned(),
+        (false, Some(seen)) => format!("last seen {seen}"),
+        (false, None) => "never seen".to_owned(),
+    };
+    vec![peer.name.clone(), peer.node_id.clone(), state, peer.addrs.join(", ")]
+}
+
+/// `mesh members`: one row per member.
+pub(crate) fn members_table(members: &[MemberView]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|member| {
+            let added_by = if member.added_by.is_empty() { "-" } else { &member.added_by };
+            vec![member.name.clone(), member.node_id.clone(), added_by.to_owned(), member.added_at.clone()]
+        })
+        .collect();
+    table(&["NAME", "NODE ID", "ADDED BY", "ADDED AT"], &rows)
+}
+
+/// `init`: the home and who the node is.
+pub(crate) fn init(view: &InitView) -> String {
+    let mut fields = Fields::default();
+    fields.add("home", view.home.clone());
+    fields.add("node", format!("{} ({})", view.name, view.node_id));
+    fields.add("mesh", view.mesh_id.clone());
+    fields.render()
+}
+
+/// `key: value` lines with the values aligned; empty lists are left out.
+#[derive(Debug, Default)]
+struct Fields {
+    lines: Vec<(&'static str, String)>,
+}
+
+impl Fields {
+    fn add(&mut self, key: &'static str, value: String) {
+        self.lines.push((key, value));
+    }
+
+    /// A list on one line, comma-separated; nothing when it is empty.
+    fn add_list(&mut self, key: &'static str, values: &[impl std::fmt::Display]) {
+        if !values.is_empty() {
+            self.add(key, join(values));
+        }
+    }
+
+    /// A list with one value per line under each other; nothing when it is empty.
+    fn add_lines(&mut self, key: &'static str, values: &[String]) {
+        for (index, value) in values.iter().enumerate() {
+            self.add(if index == 0 { key } else { "" }, value.clone());
+        }
+    }
+
+    fn render(&self) -> String {
+        let width = self.lines.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
+        let mut out = String::new();
+        for (key, value) in &self.lines {
+            let label = if key.is_empty() { String::new() } else { format!("{key}:") };
+            out.push_str(&format!("{label:width$}  {value}\n"));
+        }
+        out
+    }
+}
+
+/// Rows in aligned columns two spaces apart, with a header row when `headers` is not empty.
+/// The last column is not padded, so no line ends in spaces.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let header_row: Vec<String> = headers.iter().map(|header| (*header).to_owned()).collect();
+    let all_rows: Vec<&Vec<String>> = std::iter::once(&header_row).filter(|row| !row.is_empty()).chain(rows).collect();
+    let columns = all_rows.iter().map(|row| row.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            let cell_widths = all_rows.iter().filter_map(|row| row.get(column));
+            cell_widths.map(|cell| cell.chars().count()).max().unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in all_rows {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            if column + 1 < row.len() {
+                let pad = widths[column] - cell.chars().count();
+                line.push_str(&format!("{cell}{:pad$}  ", ""));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `a, b, c`.
+fn join(values: &[impl std::fmt::Display]) -> String {
+    let texts: Vec<String> = values.iter().map(ToString::to_string).collect();
+    texts.join(", ")
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|line| format!("{prefix}{line}\n")).collect()
+}
+
+/// `text` cut to `chars_max` characters, the last one `…` when something was cut.
+fn truncate(text: &str, chars_max: usize) -> String {
+    if text.chars().count() <= chars_max {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(chars_max.saturating_sub(1)).collect();
+    kept + "…"
+}
+
+/// The tail of a node id (`…Ab3dEf9q`): every ed25519 PeerId begins `12D3KooW`, so the end
+/// tells them apart.
+fn short_node_id(node_id: &str) -> String {
+    const TAIL_CHARS: usize = 8;
+    let count = node_id.chars().count();
+    if count <= TAIL_CHARS * 2 {
+        return node_id.to_owned();
+    }
+    let tail: String = node_id.chars().skip(count - TAIL_CHARS).collect();
+    format!("…{tail}")
+}
+
+/// Milliseconds in the largest unit that divides them (`30m`, `90s`, `1d`), as users write
+/// durations.
+fn format_duration_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    UNITS
+        .iter()
+        .find(|(unit_ms, _)| ms >= *unit_ms && ms.is_multiple_of(*unit_ms))
+        .map(|(unit_ms, unit)| format!("{}{unit}", ms / unit_ms))
+        .unwrap_or_else(|| format!("{ms}ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use meshwork_protocol::api::{HolderView, ResultView};
+
+    use super::*;
+
+    const NODE_A: &str = "12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ";
+
+    fn sample_task(id: &str, title: &str) -> TaskView {
+        TaskView {
+            id: meshwork_protocol::TaskId::new(id).unwrap_or_else(|_| panic!("bad id {id}")),
+            title: title.to_owned(),
+            description: String::new(),
+            status: TaskStatus::Open,
+            ready: true,
+            blocked_by: Vec::new(),
+            priority: 0,
+            depends_on: Vec::new(),
+            requires: Vec::new(),
+            prefers: Vec::new(),
+            labels: Vec::new(),
+            files: Vec::new(),
+            lease_ms: 1_800_000,
+            max_attempts: 3,
+            needs_approval: false,
+            approved: false,
+            generation: 0,
+            attempts: 0,
+            holder: None,
+            progress: Vec::new(),
+            lost_claims: Vec::new(),
+            handoffs: Vec::new(),
+            checks: Vec::new(),
+            result: None,
+            other_results: Vec::new(),
+            failure: None,
+            cancelled: None,
+            id_conflicts: Vec::new(),
+            rejected_records: 0,
+            created_by: "ann@laptop".to_owned(),
+            created_at: "2026-11-21T06:00:00.000Z".to_owned(),
+            updated_at: "2026-11-21T06:10:00.000Z".to_owned(),
+        }
+    }
+
+    fn claimed(mut task: TaskView) -> TaskView {
+        task.status = TaskStatus::Claimed;
+        task.ready = false;
+        task.generation = 1;
+        task.attempts = 1;
+        task.holder = Some(HolderView {
+            agent: "claude-1".to_owned(),
+            node_id: NODE_A.to_owned(),
+            node_name: "laptop".to_owned(),
+            claim_id: "c1".to_owned(),
+            claimed_at: "2026-11-21T06:05:00.000Z".to_owned(),
+            lease_until: "2026-11-21T06:35:00.000Z".to_owned(),
+            quorum: true,
+        });
+        task
+    }
+
+    /// The task table aligns its columns, shows holders as agent@node and cuts long titles.
+    #[test]
+    fn task_table_aligns_columns_and_truncates_titles() {
+        let mut urgent = claimed(sample_task("WRK-12", "Fix the flaky sync test"));
+        urgent.priority = -5;
+        let long_title = "Port the resolver to the new record format and keep every old document loading";
+        let tasks = [sample_task("WRK-1", "Write docs"), urgent, sample_task("mw-0123456789", long_title)];
+        expect_test::expect![[r#"
+            ID             STATUS   PRI  HOLDER           TITLE
+            WRK-1          open     0    -                Write docs
+            WRK-12         claimed  -5   claude-1@laptop  Fix the flaky sync test
+            mw-0123456789  open     0    -                Port the resolver to the new record format and keep every o…
+        "#]]
+        .assert_eq(&task_table(&tasks));
+        expect_test::expect!["no tasks\n"].assert_eq(&task_table(&[]));
+    }
+
+    /// `task show` puts every part of a task in a block people can scan.
+    #[test]
+    fn task_block_shows_holder_progress_lost_claims_and_handoffs() {
+        let mut task = claimed(sample_task("WRK-7", "Speed up sync"));
+        task.description = "Measure first.\nThen cut the copies.".to_owned();
+        task.depends_on = vec![meshwork_protocol::TaskId::new("WRK-6").unwrap_or_else(|_| panic!())];
+        task.requires = vec!["os=linux".to_owned(), "tool:cargo".to_owned()];
+        task.progress.push(ProgressView {
+            at: "2026-11-21T06:07:00.000Z".to_owned(),
+            agent: "claude-1".to_owned(),
+            node_id: NODE_A.to_owned(),
+            message: "profiled".to_owned(),
+            percent: Some(40),
+        });
+        task.lost_claims.push(LostClaimView {
+            agent: "bob".to_owned(),
+            node_id: "12D3KooWOtherNodeXXXXXXXXXXXXXXXXXXXXXXXXXXXXZz9y8x".to_owned(),
+            claim_id: "c0".to_owned(),
+            generation: 0,
+            claimed_at: "2026-11-21T06:01:00.000Z".to_owned(),
+            reason: "lease expired".to_owned(),
+        });
+        task.handoffs.push(HandoffView {
+            at: "2026-11-21T06:04:00.000Z".to_owned(),
+            agent: "bob".to_owned(),
+            node_id: "12D3KooWOtherNodeXXXXXXXXXXXXXXXXXXXXXXXXXXXXZz9y8x".to_owned(),
+            commits: vec!["abc123".to_owned()],
+            files: Vec::new(),
+            tests: vec!["cargo test -p meshwork-crdt".to_owned()],
+            risks: Vec::new(),
+            next: "remove the second clone".to_owned(),
+        });
+        task.result = Some(ResultView {
+            summary: "2x faster".to_owned(),
+            by: "claude-1@laptop".to_owned(),
+            at: "2026-11-21T06:30:00.000Z".to_owned(),
+        });
+        expect_test::expect![[r#"
+            WRK-7  Speed up sync
+            status:      claimed
+            holder:      claude-1@laptop since 2026-11-21T06:05:00.000Z, lease until 2026-11-21T06:35:00.000Z
+            priority:    0
+            attempts:    1 of at most 3, generation 1
+            lease:       30m
+            depends on:  WRK-6
+            requires:    os=linux, tool:cargo
+            result:      2x faster (by claude-1@laptop at 2026-11-21T06:30:00.000Z)
+            created:     2026-11-21T06:00:00.000Z by ann@laptop
+            updated:     2026-11-21T06:10:00.000Z
+            description:
+              Measure first.
+              Then cut the copies.
+            progress:
+              2026-11-21T06:07:00.000Z  claude-1@…cDeFgHiJ  40%  profiled
+            lost claims:
+              bob@…XXZz9y8x (generation 0, claimed 2026-11-21T06:01:00.000Z): lease expired
+            handoffs:
+              2026-11-21T06:04:00.000Z by bob@…XXZz9y8x
+                commits:  abc123
+                tests:    cargo test -p meshwork-crdt
+                next:     remove the second clone
+        "#]]
+        .assert_eq(&task_block(&task));
+    }
+
+    /// Mutations confirm in one line that names the task and what changed.
+    #[test]
+    fn mutations_confirm_in_one_line() {
+        let open = sample_task("WRK-1", "t");
+        let mut blocked = sample_task("WRK-2", "t");
+        blocked.blocked_by = vec![open.id.clone()];
+        let mut out_of_attempts = sample_task("WRK-3", "t");
+        out_of_attempts.status = TaskStatus::Failed;
+        out_of_attempts.attempts = 3;
+        let mut failed_once = sample_task("WRK-4", "t");
+        failed_once.attempts = 1;
+        let lines = [
+            task(TaskAction::Added, &open),
+            task(TaskAction::Added, &blocked),
+            task(TaskAction::Claimed, &claimed(open.clone())),
+            task(TaskAction::Renewed, &claimed(open.clone())),
+            task(TaskAction::Failed, &out_of_attempts),
+            task(TaskAction::Failed, &failed_once),
+        ];
+        expect_test::expect![[r#"
+            added WRK-1
+            added WRK-2 (blocked by WRK-1)
+            claimed WRK-1 (generation 1, lease until 2026-11-21T06:35:00.000Z)
+            renewed WRK-1 (lease until 2026-11-21T06:35:00.000Z)
+            WRK-3 failed for good after 3 attempts
+            recorded the failure of WRK-4; it is open again (attempt 1 of at most 3)
+        "#]]
+        .assert_eq(&lines.concat());
+    }
+
+    /// `node status` lists the node's facts, then its peers in a table.
+    #[test]
+    fn node_status_lists_facts_then_peers() {
+        let status = NodeStatus {
+            api_version: 1,
+            node_id: NODE_A.to_owned(),
+            name: "laptop".to_owned(),
+            mesh_id: "mesh-1".to_owned(),
+            home: "/home/ann/.local/share/meshwork".to_owned(),
+            offline: false,
+            listen: vec!["/ip4/0.0.0.0/udp/4001/quic-v1".to_owned(), "/ip4/0.0.0.0/tcp/4001".to_owned()],
+            peers: vec![
+                PeerView {
+                    node_id: "12D3KooWPeer1".to_owned(),
+                    name: "desk".to_owned(),
+                    addrs: vec!["/ip4/10.0.0.2/tcp/4001".to_owned()],
+                    connected: true,
+                    last_seen: None,
+                },
+                PeerView {
+                    node_id: "12D3KooWPeer2".to_owned(),
+                    name: "ci".to_owned(),
+                    addrs: Vec::new(),
+                    connected: false,
+                    last_seen: Some("2026-11-20T10:00:00.000Z".to_owned()),
+                },
+            ],
+            tasks: 12,
+            rejected_records: 0,
+            skipped_files: Vec::new(),
+            started_at: "2026-11-21T06:00:00.000Z".to_owned(),
+            pid: 4242,
+            storage: meshwork_protocol::api::StorageView {
+                fsyncs: 10,
+                frames_written: 12,
+                submissions: 12,
+                log_bytes: 4096,
+            },
+        };
+        expect_test::expect![[r#"
+            node:              laptop (12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ)
+            mesh:              mesh-1
+            home:              /home/ann/.local/share/meshwork
+            pid:               4242, started 2026-11-21T06:00:00.000Z
+            api version:       1
+            listening on:      /ip4/0.0.0.0/udp/4001/quic-v1
+                               /ip4/0.0.0.0/tcp/4001
+            tasks:             12
+            rejected records:  0
+            peers:
+              NAME  NODE ID        STATE                               ADDRESSES
+              desk  12D3KooWPeer1  connected                           /ip4/10.0.0.2/tcp/4001
+              ci    12D3KooWPeer2  last seen 2026-11-20T10:00:00.000Z
+        "#]]
+        .assert_eq(&node_status(&status));
+    }
+
+    /// `mesh members` is a table; the founder was added by nobody.
+    #[test]
+    fn members_table_marks_the_founder() {
+        let members = [
+            MemberView {
+                node_id: NODE_A.to_owned(),
+                name: "laptop".to_owned(),
+                added_by: String::new(),
+                added_at: "2026-11-21T06:00:00.000Z".to_owned(),
+            },
+            MemberView {
+                node_id: "12D3KooWPeer1".to_owned(),
+                name: "desk".to_owned(),
+                added_by: NODE_A.to_owned(),
+                added_at: "2026-11-21T07:00:00.000Z".to_owned(),
+            },
+        ];
+        expect_test::expect![[r#"
+            NAME    NODE ID                                               ADDED BY                                              ADDED AT
+            laptop  12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ  -                                                     2026-11-21T06:00:00.000Z
+            desk    12D3KooWPeer1                                         12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ  2026-11-21T07:00:00.000Z
+        "#]]
+        .assert_eq(&members_table(&members));
+    }
+
+    /// Durations print the way users type them.
+    #[test]
+    fn durations_print_in_the_largest_whole_unit() {
+        let printed: Vec<String> = [1_800_000, 90_000, 86_400_000, 7_200_000, 1500, 0].map(format_duration_ms).to_vec();
+        assert_eq!(printed, ["30m", "90s", "1d", "2h", "1500ms", "0ms"]);
+    }
+}
