@@ -4,13 +4,13 @@
 //! The queue is realistic: a third of the tasks done (claim + progress + done), a third
 //! claimed (claim + renew), a third open, each after the task before it in its chain of ten.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use meshwork_crdt::resolve::{resolve, ResolveContext, StoredRecord};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use meshwork_crdt::resolve::{ResolveContext, StoredRecord, resolve};
 use meshwork_crdt::task::TaskFields;
 use meshwork_crdt::test_support::node_key;
 use meshwork_crdt::{Replica, Speaker};
-use meshwork_protocol::api::AddTask;
 use meshwork_protocol::AgentName;
+use meshwork_protocol::api::AddTask;
 
 const BASE_MS: u64 = 1_800_000_000_000;
 
@@ -22,7 +22,8 @@ fn queue(tasks: usize) -> Replica {
     for index in 0..tasks {
         let now = BASE_MS + index as u64;
         let after = if index % 10 == 0 { vec![] } else { vec![format!("T-{}", index - 1)] };
-        let request = AddTask { id: Some(format!("T-{index}")), title: format!("task {index}"), after, ..AddTask::default() };
+        let request =
+            AddTask { id: Some(format!("T-{index}")), title: format!("task {index}"), after, ..AddTask::default() };
         let id = replica.add_task(speaker, &request, now, index as u64).unwrap().task;
         match index % 3 {
             0 if replica.is_ready(replica.task(&id).unwrap()) => {

@@ -20,7 +20,9 @@
 use std::collections::BTreeSet;
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, Prop, ReadDoc, ROOT};
+use automerge::{
+    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc,
+};
 use meshwork_protocol::{NodeId, RecordId, SignedRecord, Stamp, TaskId};
 use sha2::{Digest, Sha256};
 
@@ -82,7 +84,8 @@ pub fn actor_for(node: &NodeId, boot: u32) -> ActorId {
 pub fn boot_of(node: &NodeId, actor: &ActorId) -> Option<u32> {
     let ours = actor_for(node, 0);
     let bytes = actor.to_bytes();
-    (bytes.len() == 16 && bytes[..12] == ours.to_bytes()[..12]).then(|| u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]))
+    (bytes.len() == 16 && bytes[..12] == ours.to_bytes()[..12])
+        .then(|| u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]))
 }
 
 impl QueueDoc {
@@ -262,10 +265,10 @@ impl QueueDoc {
         let mut highest = Stamp::default();
         for map in [&self.maps.records, &self.maps.members, &self.maps.probes] {
             for item in self.doc.map_range(map, ..) {
-                if let Some(Ok(signed)) = value_bytes(&item.value).map(SignedRecord::decode) {
-                    if signed.record().signer == *node {
-                        highest = highest.max(signed.record().stamp);
-                    }
+                if let Some(Ok(signed)) = value_bytes(&item.value).map(SignedRecord::decode)
+                    && signed.record().signer == *node
+                {
+                    highest = highest.max(signed.record().stamp);
                 }
             }
         }
@@ -289,7 +292,12 @@ pub fn node_record_key(node: &NodeId, record: RecordId) -> String {
 }
 
 /// Puts a signed task record under its task.
-pub fn put_task_record(tx: &mut Transaction<'_>, maps: &TopMaps, task: &TaskId, signed: &SignedRecord) -> Result<(), AutomergeError> {
+pub fn put_task_record(
+    tx: &mut Transaction<'_>,
+    maps: &TopMaps,
+    task: &TaskId,
+    signed: &SignedRecord,
+) -> Result<(), AutomergeError> {
     tx.put(&maps.records, record_key(task, signed.id()), signed.bytes().to_vec())
 }
 

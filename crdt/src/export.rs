@@ -25,11 +25,19 @@ fn by(agent: &Option<AgentName>, node: &NodeId) -> String {
 }
 
 fn result_view(noted: &Noted<String>) -> ResultView {
-    ResultView { summary: noted.value.clone(), by: by(&noted.agent, &noted.node), at: format_rfc3339_ms(noted.at.wall_ms) }
+    ResultView {
+        summary: noted.value.clone(),
+        by: by(&noted.agent, &noted.node),
+        at: format_rfc3339_ms(noted.at.wall_ms),
+    }
 }
 
 fn failure_view(noted: &Noted<String>) -> FailureView {
-    FailureView { reason: noted.value.clone(), by: by(&noted.agent, &noted.node), at: format_rfc3339_ms(noted.at.wall_ms) }
+    FailureView {
+        reason: noted.value.clone(),
+        by: by(&noted.agent, &noted.node),
+        at: format_rfc3339_ms(noted.at.wall_ms),
+    }
 }
 
 impl Replica {

@@ -12,7 +12,7 @@ use automerge::{Automerge, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue,
 use meshwork_protocol::limits::{ATTEMPTS_DEFAULT, LEASE_MS_DEFAULT};
 use meshwork_protocol::{NodeId, Requirement, Stamp, TaskId};
 
-use crate::document::{read_str, TopMaps};
+use crate::document::{TopMaps, read_str};
 use crate::task::TaskFields;
 
 /// Creates a task: its map, every field, and its `depends_on` map, in one change.
@@ -54,7 +54,12 @@ pub struct FieldEdit {
 }
 
 /// Writes an edit into an existing task's map.
-pub fn write_edit(tx: &mut Transaction<'_>, maps: &TopMaps, id: &TaskId, edit: &FieldEdit) -> Result<(), AutomergeError> {
+pub fn write_edit(
+    tx: &mut Transaction<'_>,
+    maps: &TopMaps,
+    id: &TaskId,
+    edit: &FieldEdit,
+) -> Result<(), AutomergeError> {
     let Some((Value::Object(ObjType::Map), task)) = tx.get(&maps.tasks, id.as_str())? else {
         return Err(AutomergeError::InvalidObjId(id.to_string()));
     };
@@ -103,16 +108,21 @@ pub(crate) fn read_fields(doc: &Automerge, task: &ObjId, id: &TaskId) -> Option<
             _ => None,
         }
     };
-    let uint = |key: &str| scalar(key).and_then(|value| value.as_u64().or_else(|| value.as_i64().and_then(|v| u64::try_from(v).ok())));
+    let uint = |key: &str| {
+        scalar(key).and_then(|value| value.as_u64().or_else(|| value.as_i64().and_then(|v| u64::try_from(v).ok())))
+    };
     let created_by: NodeId = read_str(doc, task, "created_by")?.parse().ok()?;
     let created_at = Stamp {
         wall_ms: uint("created_wall_ms").unwrap_or(0),
         logical: uint("created_logical").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
     };
     let list = |key: &str| read_json_list(read_str(doc, task, key).as_deref());
-    let requirements = |key: &str| list(key).iter().filter_map(|text| text.parse::<Requirement>().ok()).collect::<Vec<_>>();
+    let requirements =
+        |key: &str| list(key).iter().filter_map(|text| text.parse::<Requirement>().ok()).collect::<Vec<_>>();
     let depends_on: BTreeSet<TaskId> = match doc.get(task, "depends_on").ok().flatten() {
-        Some((Value::Object(ObjType::Map), object)) => doc.keys(&object).filter_map(|key| TaskId::new(&key).ok()).collect(),
+        Some((Value::Object(ObjType::Map), object)) => {
+            doc.keys(&object).filter_map(|key| TaskId::new(&key).ok()).collect()
+        }
         _ => BTreeSet::new(),
     };
     Some(TaskFields {
@@ -127,7 +137,10 @@ pub(crate) fn read_fields(doc: &Automerge, task: &ObjId, id: &TaskId) -> Option<
         checks: list("checks"),
         files: list("files"),
         lease_ms: uint("lease_ms").filter(|lease| *lease > 0).unwrap_or(LEASE_MS_DEFAULT),
-        max_attempts: uint("max_attempts").and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(ATTEMPTS_DEFAULT),
+        max_attempts: uint("max_attempts")
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(ATTEMPTS_DEFAULT),
         needs_approval: scalar("needs_approval").and_then(|value| value.as_bool()).unwrap_or(false),
         created_by,
         created_at,

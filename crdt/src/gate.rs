@@ -19,17 +19,13 @@ pub fn unmet_reason(requirement: &Requirement, probe: &Probe) -> Option<String> 
         }
         Requirement::Memory { bytes_min } => (probe.memory_bytes < *bytes_min)
             .then(|| format!("has {} of memory, needs {}", gib(probe.memory_bytes), gib(*bytes_min))),
-        Requirement::Cpus { min } => {
-            (probe.cpus < *min).then(|| format!("has {} CPU cores, needs {min}", probe.cpus))
-        }
+        Requirement::Cpus { min } => (probe.cpus < *min).then(|| format!("has {} CPU cores, needs {min}", probe.cpus)),
         Requirement::Disk { bytes_min } => (probe.disk_free_bytes < *bytes_min)
             .then(|| format!("has {} of free disk, needs {}", gib(probe.disk_free_bytes), gib(*bytes_min))),
         Requirement::Tool { name } => (!probe.tools.contains_key(name)).then(|| format!("no tool {name} on PATH")),
         Requirement::Os { name } => (probe.os != *name).then(|| format!("os is {}, needs {name}", probe.os)),
         Requirement::Arch { name } => (probe.arch != *name).then(|| format!("arch is {}, needs {name}", probe.arch)),
-        Requirement::Label { name } => {
-            (!probe.labels.contains(name)).then(|| format!("no label {name}"))
-        }
+        Requirement::Label { name } => (!probe.labels.contains(name)).then(|| format!("no label {name}")),
     }
 }
 
@@ -66,18 +62,28 @@ mod tests {
 
     #[test]
     fn a_probe_meeting_every_requirement_passes_the_gate() {
-        let requirements: Vec<Requirement> =
-            ["gpu>=24G", "mem>=32G", "cpus>=8", "disk>=100G", "tool:cargo", "os=linux", "arch=x86_64", "label:licensed-ansys"]
-                .iter()
-                .map(|text| text.parse().unwrap())
-                .collect();
+        let requirements: Vec<Requirement> = [
+            "gpu>=24G",
+            "mem>=32G",
+            "cpus>=8",
+            "disk>=100G",
+            "tool:cargo",
+            "os=linux",
+            "arch=x86_64",
+            "label:licensed-ansys",
+        ]
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
         assert_eq!(unmet(&requirements, Some(&workstation())), Vec::<String>::new());
     }
 
     #[test]
     fn each_lacking_requirement_is_named_with_its_reason() {
-        let requirements: Vec<Requirement> =
-            ["gpu>=48G", "mem>=64G", "tool:matlab", "os=macos", "label:isolated"].iter().map(|text| text.parse().unwrap()).collect();
+        let requirements: Vec<Requirement> = ["gpu>=48G", "mem>=64G", "tool:matlab", "os=macos", "label:isolated"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
         expect_test::expect![[r#"
             [
                 "gpu>=48G: largest GPU has 24G of memory, needs 48G",

@@ -22,4 +22,4 @@ pub mod test_support;
 pub use document::{DocError, QueueDoc, Touched};
 pub use ops::{Applied, OpError, Speaker};
 pub use replica::{Founded, Replica, TaskEntry};
-pub use resolve::{resolve, TaskState};
+pub use resolve::{TaskState, resolve};

@@ -8,10 +8,12 @@ use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::limits::*;
 use meshwork_protocol::record::{Claim, Handoff};
 use meshwork_protocol::time::format_rfc3339_ms;
-use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, RecordBody, RecordId, Requirement, SignedRecord, TaskId};
+use meshwork_protocol::{
+    AgentName, ErrorCode, NodeKey, Probe, RecordBody, RecordId, Requirement, SignedRecord, TaskId,
+};
 
-use crate::document::{node_record_key, put_task_record, DocError};
-use crate::fields::{write_edit, write_new_task, FieldEdit};
+use crate::document::{DocError, node_record_key, put_task_record};
+use crate::fields::{FieldEdit, write_edit, write_new_task};
 use crate::gate;
 use crate::ready::cycle_through;
 use crate::replica::{Replica, TaskEntry};
@@ -26,8 +28,15 @@ pub enum OpError {
     NoMesh,
     #[error("could not sign a record: {0}")]
     Record(String),
+    /// Boxed: Automerge's errors are large and refusals are the common case.
     #[error(transparent)]
-    Doc(#[from] DocError),
+    Doc(Box<DocError>),
+}
+
+impl From<DocError> for OpError {
+    fn from(error: DocError) -> OpError {
+        OpError::Doc(Box::new(error))
+    }
 }
 
 impl OpError {
@@ -83,8 +92,14 @@ fn check_list(what: &str, items: &[String]) -> Result<(), ErrorBody> {
 
 fn parse_requirements(what: &str, texts: &[String]) -> Result<Vec<Requirement>, ErrorBody> {
     check_list(what, texts)?;
-    let mut requirements: Vec<Requirement> =
-        texts.iter().map(|text| text.parse().map_err(|error: meshwork_protocol::requirement::RequirementError| ErrorBody::invalid_input(error.to_string()))).collect::<Result<_, _>>()?;
+    let mut requirements: Vec<Requirement> = texts
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|error: meshwork_protocol::requirement::RequirementError| {
+                ErrorBody::invalid_input(error.to_string())
+            })
+        })
+        .collect::<Result<_, _>>()?;
     requirements.sort();
     requirements.dedup();
     Ok(requirements)
@@ -101,7 +116,9 @@ fn check_priority(priority: i64) -> Result<(), ErrorBody> {
     if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
         Ok(())
     } else {
-        Err(ErrorBody::invalid_input(format!("priority {priority} is outside PRIORITY_MIN..=PRIORITY_MAX ({PRIORITY_MIN}..={PRIORITY_MAX})")))
+        Err(ErrorBody::invalid_input(format!(
+            "priority {priority} is outside PRIORITY_MIN..=PRIORITY_MAX ({PRIORITY_MIN}..={PRIORITY_MAX})"
+        )))
     }
 }
 
@@ -109,7 +126,9 @@ fn check_lease(lease_ms: u64) -> Result<(), ErrorBody> {
     if (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
         Ok(())
     } else {
-        Err(ErrorBody::invalid_input(format!("lease of {lease_ms} ms is outside LEASE_MS_MIN..=LEASE_MS_MAX ({LEASE_MS_MIN}..={LEASE_MS_MAX} ms)")))
+        Err(ErrorBody::invalid_input(format!(
+            "lease of {lease_ms} ms is outside LEASE_MS_MIN..=LEASE_MS_MAX ({LEASE_MS_MIN}..={LEASE_MS_MAX} ms)"
+        )))
     }
 }
 
@@ -117,13 +136,17 @@ fn check_attempts(attempts: u32) -> Result<(), ErrorBody> {
     if (1..=ATTEMPTS_MAX).contains(&attempts) {
         Ok(())
     } else {
-        Err(ErrorBody::invalid_input(format!("max attempts {attempts} is outside 1..=ATTEMPTS_MAX (1..={ATTEMPTS_MAX})")))
+        Err(ErrorBody::invalid_input(format!(
+            "max attempts {attempts} is outside 1..=ATTEMPTS_MAX (1..={ATTEMPTS_MAX})"
+        )))
     }
 }
 
 impl Replica {
     fn entry_or_not_found(&self, id: &TaskId) -> Result<&TaskEntry, OpError> {
-        self.task(id).ok_or_else(|| OpError::refused(ErrorCode::NotFound, format!("no task {id}; list tasks with `meshwork task list`")))
+        self.task(id).ok_or_else(|| {
+            OpError::refused(ErrorCode::NotFound, format!("no task {id}; list tasks with `meshwork task list`"))
+        })
     }
 
     fn dependency_edges(&self) -> BTreeMap<TaskId, BTreeSet<TaskId>> {
@@ -146,7 +169,13 @@ impl Replica {
     }
 
     /// `task add`: validates every field against the limits and creates the task.
-    pub fn add_task(&mut self, speaker: Speaker<'_>, request: &AddTask, now_ms: u64, random: u64) -> Result<Applied, OpError> {
+    pub fn add_task(
+        &mut self,
+        speaker: Speaker<'_>,
+        request: &AddTask,
+        now_ms: u64,
+        random: u64,
+    ) -> Result<Applied, OpError> {
         check_text("the title", &request.title, "TITLE_BYTES_MAX", TITLE_BYTES_MAX)?;
         if request.title.trim().is_empty() {
             return Err(OpError::refused(ErrorCode::InvalidInput, "the title is empty"));
@@ -198,7 +227,13 @@ impl Replica {
     }
 
     /// `task edit`.
-    pub fn edit_task(&mut self, speaker: Speaker<'_>, id: &TaskId, request: &EditTask, now_ms: u64) -> Result<Applied, OpError> {
+    pub fn edit_task(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        request: &EditTask,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
         let entry = self.entry_or_not_found(id)?;
         let current = entry.fields.depends_on.clone();
         if let Some(title) = &request.title {
@@ -221,7 +256,9 @@ impl Replica {
         self.refuse_unknown(&add)?;
         let after_edit: BTreeSet<TaskId> = current.union(&add).filter(|dep| !remove.contains(*dep)).cloned().collect();
         if after_edit.len() > DEPENDENCIES_MAX {
-            return Err(ErrorBody::over_limit("the number of dependencies", "DEPENDENCIES_MAX", DEPENDENCIES_MAX).into());
+            return Err(
+                ErrorBody::over_limit("the number of dependencies", "DEPENDENCIES_MAX", DEPENDENCIES_MAX).into()
+            );
         }
         self.refuse_cycle(id, &add)?;
         let edit = FieldEdit {
@@ -242,10 +279,24 @@ impl Replica {
     }
 
     /// Writes one signed record under a task as one change.
-    fn put_record(&mut self, speaker: Speaker<'_>, id: &TaskId, body: RecordBody, now_ms: u64) -> Result<Applied, OpError> {
+    fn put_record(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        body: RecordBody,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
         let signed = self.sign(speaker.key, Some(speaker.agent.clone()), body, now_ms)?;
-        if self.task(id).is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX) {
-            return Err(ErrorBody::over_limit(&format!("the number of records on {id}"), "RECORDS_PER_TASK_MAX", RECORDS_PER_TASK_MAX).into());
+        if self
+            .task(id)
+            .is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX)
+        {
+            return Err(ErrorBody::over_limit(
+                &format!("the number of records on {id}"),
+                "RECORDS_PER_TASK_MAX",
+                RECORDS_PER_TASK_MAX,
+            )
+            .into());
         }
         let message = format!("{} {id} by {}", signed.record().kind(), speaker.agent);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| put_task_record(tx, maps, id, &signed))?;
@@ -273,7 +324,10 @@ impl Replica {
         let entry = self.entry_or_not_found(id)?;
         let state = &entry.state;
         if state.status.is_finished() {
-            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {}", state.status.as_str())));
+            return Err(OpError::refused(
+                ErrorCode::InvalidTransition,
+                format!("task {id} is {}", state.status.as_str()),
+            ));
         }
         let mut generation = state.generation;
         if let Some(holder) = &state.holder {
@@ -281,9 +335,16 @@ impl Replica {
                 return Ok(Applied { changes: Vec::new(), task: id.clone() });
             }
             if now_ms <= holder.lease_until_ms {
-                let who = holder.agent.as_ref().map_or_else(|| holder.node.to_string(), |agent| format!("{agent}@{}", self.node_name(&holder.node)));
+                let who = holder.agent.as_ref().map_or_else(
+                    || holder.node.to_string(),
+                    |agent| format!("{agent}@{}", self.node_name(&holder.node)),
+                );
                 return Err(OpError::Refused(
-                    ErrorBody::new(ErrorCode::Conflict, format!("task {id} is held by {who} until {}", format_rfc3339_ms(holder.lease_until_ms))).retryable(),
+                    ErrorBody::new(
+                        ErrorCode::Conflict,
+                        format!("task {id} is held by {who} until {}", format_rfc3339_ms(holder.lease_until_ms)),
+                    )
+                    .retryable(),
                 ));
             }
             generation += 1; // takeover of an expired lease
@@ -291,14 +352,23 @@ impl Replica {
         let blocked = self.blocked_by(entry);
         if !blocked.is_empty() {
             let names: Vec<&str> = blocked.iter().map(TaskId::as_str).collect();
-            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} waits on {}", names.join(", "))));
+            return Err(OpError::refused(
+                ErrorCode::InvalidTransition,
+                format!("task {id} waits on {}", names.join(", ")),
+            ));
         }
         if entry.fields.needs_approval && !state.approved {
-            return Err(OpError::refused(ErrorCode::GateRefused, format!("task {id} needs approval first: `meshwork approve {id}`")));
+            return Err(OpError::refused(
+                ErrorCode::GateRefused,
+                format!("task {id} needs approval first: `meshwork approve {id}`"),
+            ));
         }
         let unmet = self.unmet_here(entry);
         if !unmet.is_empty() {
-            return Err(OpError::refused(ErrorCode::GateRefused, format!("this machine cannot run {id}: {}", unmet.join("; "))));
+            return Err(OpError::refused(
+                ErrorCode::GateRefused,
+                format!("this machine cannot run {id}: {}", unmet.join("; ")),
+            ));
         }
         let claim = Claim {
             task: id.clone(),
@@ -317,15 +387,24 @@ impl Replica {
     fn confirm_holder(&self, speaker: Speaker<'_>, id: &TaskId) -> Result<(), OpError> {
         match self.task(id).and_then(|entry| entry.state.holder.as_ref()) {
             Some(holder) if holder.node == self.node() && holder.agent.as_ref() == Some(speaker.agent) => Ok(()),
-            _ => Err(OpError::refused(ErrorCode::Conflict, format!("the claim of {id} lost; see `meshwork task show {id}`"))),
+            _ => Err(OpError::refused(
+                ErrorCode::Conflict,
+                format!("the claim of {id} lost; see `meshwork task show {id}`"),
+            )),
         }
     }
 
     /// `claim --next`: the best ready task this machine can run.
     pub fn claim_next(&mut self, speaker: Speaker<'_>, now_ms: u64) -> Result<Applied, OpError> {
-        let candidates: Vec<TaskId> =
-            self.ready_tasks().into_iter().filter(|entry| self.unmet_here(entry).is_empty()).map(|entry| entry.fields.id.clone()).collect();
-        let first = candidates.first().ok_or_else(|| OpError::refused(ErrorCode::NotFound, "no task is ready for this machine"))?;
+        let candidates: Vec<TaskId> = self
+            .ready_tasks()
+            .into_iter()
+            .filter(|entry| self.unmet_here(entry).is_empty())
+            .map(|entry| entry.fields.id.clone())
+            .collect();
+        let first = candidates
+            .first()
+            .ok_or_else(|| OpError::refused(ErrorCode::NotFound, "no task is ready for this machine"))?;
         self.claim(speaker, &first.clone(), now_ms)
     }
 
@@ -333,11 +412,17 @@ impl Replica {
     fn held_claim(&self, speaker: Speaker<'_>, id: &TaskId) -> Result<(RecordId, u64), OpError> {
         let entry = self.entry_or_not_found(id)?;
         let Some(holder) = &entry.state.holder else {
-            return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {}, not claimed", entry.state.status.as_str())));
+            return Err(OpError::refused(
+                ErrorCode::InvalidTransition,
+                format!("task {id} is {}, not claimed", entry.state.status.as_str()),
+            ));
         };
         if holder.node != self.node() || holder.agent.as_ref() != Some(speaker.agent) {
             let who = holder.agent.as_ref().map_or_else(String::new, |agent| format!("{agent}@"));
-            return Err(OpError::refused(ErrorCode::NotOwner, format!("task {id} is held by {who}{}", self.node_name(&holder.node))));
+            return Err(OpError::refused(
+                ErrorCode::NotOwner,
+                format!("task {id} is held by {who}{}", self.node_name(&holder.node)),
+            ));
         }
         Ok((holder.claim, holder.lease_until_ms))
     }
@@ -346,18 +431,34 @@ impl Replica {
     pub fn renew(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
         let (claim, lease_until_ms) = self.held_claim(speaker, id)?;
         if now_ms > lease_until_ms {
-            return Err(OpError::refused(ErrorCode::Conflict, format!("the lease on {id} expired at {}; claim it again", format_rfc3339_ms(lease_until_ms))));
+            return Err(OpError::refused(
+                ErrorCode::Conflict,
+                format!("the lease on {id} expired at {}; claim it again", format_rfc3339_ms(lease_until_ms)),
+            ));
         }
         self.put_record(speaker, id, RecordBody::Renew { task: id.clone(), claim }, now_ms)
     }
 
-    pub fn release(&mut self, speaker: Speaker<'_>, id: &TaskId, reason: &str, now_ms: u64) -> Result<Applied, OpError> {
+    pub fn release(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
         check_text("the reason", reason, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
         let (claim, _) = self.held_claim(speaker, id)?;
         self.put_record(speaker, id, RecordBody::Release { task: id.clone(), claim, reason: reason.to_owned() }, now_ms)
     }
 
-    pub fn progress(&mut self, speaker: Speaker<'_>, id: &TaskId, message: &str, percent: Option<u8>, now_ms: u64) -> Result<Applied, OpError> {
+    pub fn progress(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        message: &str,
+        percent: Option<u8>,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
         check_text("the message", message, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
         if percent.is_some_and(|percent| percent > 100) {
             return Err(OpError::refused(ErrorCode::InvalidInput, "percent must be 0 to 100"));
@@ -367,8 +468,19 @@ impl Replica {
         self.put_record(speaker, id, body, now_ms)
     }
 
-    pub fn handoff(&mut self, speaker: Speaker<'_>, id: &TaskId, request: &HandoffRequest, now_ms: u64) -> Result<Applied, OpError> {
-        for (what, items) in [("commits", &request.commits), ("files", &request.files), ("tests", &request.tests), ("risks", &request.risks)] {
+    pub fn handoff(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        request: &HandoffRequest,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
+        for (what, items) in [
+            ("commits", &request.commits),
+            ("files", &request.files),
+            ("tests", &request.tests),
+            ("risks", &request.risks),
+        ] {
             check_list(what, items)?;
         }
         check_text("the next step", &request.next, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
@@ -414,7 +526,10 @@ impl Replica {
         match entry.state.status {
             TaskStatus::Cancelled => return Ok(Applied { changes: Vec::new(), task: id.clone() }),
             TaskStatus::Done | TaskStatus::Failed => {
-                return Err(OpError::refused(ErrorCode::InvalidTransition, format!("task {id} is {} already", entry.state.status.as_str())));
+                return Err(OpError::refused(
+                    ErrorCode::InvalidTransition,
+                    format!("task {id} is {} already", entry.state.status.as_str()),
+                ));
             }
             TaskStatus::Open | TaskStatus::Claimed => {}
         }

@@ -39,7 +39,8 @@ impl ProbeBook {
                 book.rejected += 1;
                 continue;
             }
-            book.by_id.insert(signed.id(), ProbeEntry { node: record.signer, stamp: record.stamp, probe: probe.clone() });
+            book.by_id
+                .insert(signed.id(), ProbeEntry { node: record.signer, stamp: record.stamp, probe: probe.clone() });
         }
         // The newest probe of each node: highest stamp, ties to the higher record id.
         let mut latest: BTreeMap<NodeId, (Stamp, RecordId)> = BTreeMap::new();
@@ -67,4 +68,3 @@ impl ProbeBook {
         self.latest.values().filter_map(|id| Some((*id, self.by_id.get(id)?)))
     }
 }
-

@@ -10,11 +10,11 @@ use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::record::{Membership, MembershipAction, RECORD_VERSION};
 use meshwork_protocol::{AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, SignedRecord, Stamp, TaskId};
 
-use crate::document::{actor_for, node_record_key, DocError, QueueDoc, Touched, SCHEMA_VERSION};
+use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, node_record_key};
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::ready::{self, ReadyInput};
-use crate::resolve::{resolve, ResolveContext, TaskState};
+use crate::resolve::{ResolveContext, TaskState, resolve};
 use crate::task::TaskFields;
 
 /// One task as the replica knows it.
@@ -144,10 +144,17 @@ impl Replica {
     }
 
     /// Signs a record in this node's name, stamped now.
-    pub fn sign(&mut self, key: &NodeKey, agent: Option<AgentName>, body: RecordBody, now_ms: u64) -> Result<SignedRecord, crate::ops::OpError> {
+    pub fn sign(
+        &mut self,
+        key: &NodeKey,
+        agent: Option<AgentName>,
+        body: RecordBody,
+        now_ms: u64,
+    ) -> Result<SignedRecord, crate::ops::OpError> {
         assert_eq!(key.node_id(), self.node, "a replica signs with its own node key");
         let mesh = self.mesh.ok_or(crate::ops::OpError::NoMesh)?;
-        let record = Record { version: RECORD_VERSION, mesh, signer: self.node, agent, stamp: self.hlc.now(now_ms), body };
+        let record =
+            Record { version: RECORD_VERSION, mesh, signer: self.node, agent, stamp: self.hlc.now(now_ms), body };
         SignedRecord::sign(record, key).map_err(|error| crate::ops::OpError::Record(error.to_string()))
     }
 
@@ -223,7 +230,11 @@ impl Replica {
     pub fn ready_tasks(&self) -> Vec<&TaskEntry> {
         let mut ready: Vec<&TaskEntry> = self.tasks.values().filter(|entry| self.is_ready(entry)).collect();
         ready.sort_by(|a, b| {
-            (-a.fields.priority, a.fields.created_at, &a.fields.id).cmp(&(-b.fields.priority, b.fields.created_at, &b.fields.id))
+            (-a.fields.priority, a.fields.created_at, &a.fields.id).cmp(&(
+                -b.fields.priority,
+                b.fields.created_at,
+                &b.fields.id,
+            ))
         });
         ready
     }

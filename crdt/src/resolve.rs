@@ -74,13 +74,20 @@ pub struct LostClaim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LossReason {
     /// Another claim of the same generation came first in the winner order.
-    LostTo { winner: NodeId, winner_agent: Option<AgentName> },
+    LostTo {
+        winner: NodeId,
+        winner_agent: Option<AgentName>,
+    },
     /// Took over before the previous generation had ended, per the records.
     EarlyTakeover,
     /// Names a generation that never opened, or one that is past.
-    WrongGeneration { open: u32 },
+    WrongGeneration {
+        open: u32,
+    },
     /// The claiming machine lacks a hard requirement (invariant 6, gates hold).
-    Gate { unmet: Vec<String> },
+    Gate {
+        unmet: Vec<String>,
+    },
     NotApproved,
     /// A quorum claim without acknowledgements of a majority of members.
     QuorumMissing,
@@ -135,6 +142,9 @@ pub struct ResolveContext<'a> {
 }
 
 /// A record stored under a task, as read from the document: decoded or not.
+// Nearly every stored record is valid; boxing them all would cost an allocation each to
+// shrink the rare `Invalid`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StoredRecord {
     Valid(SignedRecord),
@@ -188,9 +198,7 @@ fn valid_records(task: &TaskId, stored: &[StoredRecord], members: &MemberSet) ->
     let mut valid: Vec<SignedRecord> = Vec::new();
     for entry in stored {
         match entry {
-            StoredRecord::Valid(signed)
-                if signed.record().task() == Some(task) && members.admits(signed.record()) =>
-            {
+            StoredRecord::Valid(signed) if signed.record().task() == Some(task) && members.admits(signed.record()) => {
                 valid.push(signed.clone());
             }
             _ => rejected += 1,
@@ -218,7 +226,8 @@ fn collect_claims(
         let record = signed.record();
         let RecordBody::Claim(claim) = &record.body else { continue };
         state.lamport_max = state.lamport_max.max(claim.lamport);
-        let entry = ClaimEntry { node: record.signer, agent: record.agent.clone(), stamp: record.stamp, claim: claim.clone() };
+        let entry =
+            ClaimEntry { node: record.signer, agent: record.agent.clone(), stamp: record.stamp, claim: claim.clone() };
         let unmet = gate_unmet(fields, claim, &record.signer, context);
         let refusal = if !unmet.is_empty() {
             Some(LossReason::Gate { unmet })
@@ -305,7 +314,10 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], state: &mut Ta
             state.lost_claims.push(lost(*id, entry, LossReason::EarlyTakeover));
             placed.push(*id);
         }
-        let Some((winner_id, winner)) = candidates.iter().min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry)).map(|(id, entry)| (*id, entry.clone()))
+        let Some((winner_id, winner)) = candidates
+            .iter()
+            .min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry))
+            .map(|(id, entry)| (*id, entry.clone()))
         else {
             break;
         };
@@ -394,7 +406,13 @@ fn lease_until_ms(claim_id: RecordId, claim: &ClaimEntry, records: &[SignedRecor
 
 /// Whether and when the holder's tenure ended: its earliest release or failure, or the
 /// expiry of its lease when a next-generation claim stamped after that expiry takes over.
-fn tenure_end(claim_id: RecordId, claim: &ClaimEntry, records: &[SignedRecord], lease_until: u64, taken_over: bool) -> TenureEnd {
+fn tenure_end(
+    claim_id: RecordId,
+    claim: &ClaimEntry,
+    records: &[SignedRecord],
+    lease_until: u64,
+    taken_over: bool,
+) -> TenureEnd {
     let closing = records
         .iter()
         .filter(|signed| signed.record().signer == claim.node && signed.record().stamp.wall_ms <= lease_until)
@@ -402,7 +420,9 @@ fn tenure_end(claim_id: RecordId, claim: &ClaimEntry, records: &[SignedRecord], 
             let record = signed.record();
             match &record.body {
                 RecordBody::Release { claim, .. } if *claim == claim_id => Some((record.stamp, signed, None)),
-                RecordBody::Fail { claim, reason, .. } if *claim == claim_id => Some((record.stamp, signed, Some(reason))),
+                RecordBody::Fail { claim, reason, .. } if *claim == claim_id => {
+                    Some((record.stamp, signed, Some(reason)))
+                }
                 _ => None,
             }
         })
@@ -435,7 +455,8 @@ fn apply_finishing_records(records: &[SignedRecord], state: &mut TaskState) {
         // a claim refused by a gate or approval yields no result.
         let Some(entry) = state.claims.get(claim).filter(|entry| entry.node == record.signer) else { continue };
         let refused = state.lost_claims.iter().any(|lost| {
-            lost.claim == *claim && matches!(lost.reason, LossReason::Gate { .. } | LossReason::NotApproved | LossReason::QuorumMissing)
+            lost.claim == *claim
+                && matches!(lost.reason, LossReason::Gate { .. } | LossReason::NotApproved | LossReason::QuorumMissing)
         });
         if refused {
             continue;
@@ -483,7 +504,9 @@ fn collect_notes(records: &[SignedRecord], state: &mut TaskState) {
             RecordBody::Progress { claim, message, percent, .. } if own_claim(claim) => {
                 state.progress.push(noted(signed, ProgressNote { message: message.clone(), percent: *percent }));
             }
-            RecordBody::Handoff(handoff) if own_claim(&handoff.claim) => state.handoffs.push(noted(signed, handoff.clone())),
+            RecordBody::Handoff(handoff) if own_claim(&handoff.claim) => {
+                state.handoffs.push(noted(signed, handoff.clone()))
+            }
             _ => {}
         }
     }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use automerge::sync::{Message, State, SyncDoc};
-use meshwork_protocol::wire::Frame;
 use meshwork_protocol::NodeId;
+use meshwork_protocol::wire::Frame;
 
 use crate::document::Touched;
 use crate::replica::Replica;
@@ -17,10 +17,18 @@ use crate::replica::Replica;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncInput {
     /// A connection to a peer opened; `saved_state` is the sync state persisted for it.
-    Connected { peer: NodeId, saved_state: Option<Vec<u8>> },
-    Disconnected { peer: NodeId },
+    Connected {
+        peer: NodeId,
+        saved_state: Option<Vec<u8>>,
+    },
+    Disconnected {
+        peer: NodeId,
+    },
     /// A frame arrived from a peer.
-    Frame { peer: NodeId, bytes: Vec<u8> },
+    Frame {
+        peer: NodeId,
+        bytes: Vec<u8>,
+    },
     /// The local document changed; push to every connected peer.
     LocalChange,
 }
@@ -28,12 +36,23 @@ pub enum SyncInput {
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutput {
-    Send { peer: NodeId, frame: Vec<u8> },
-    Close { peer: NodeId, reason: String },
+    Send {
+        peer: NodeId,
+        frame: Vec<u8>,
+    },
+    Close {
+        peer: NodeId,
+        reason: String,
+    },
     /// Changes received from a peer, to write to storage before they count as kept.
-    Persist { changes: Vec<u8> },
+    Persist {
+        changes: Vec<u8>,
+    },
     /// A peer's sync state, to reuse on the next connection.
-    PersistPeerState { peer: NodeId, state: Vec<u8> },
+    PersistPeerState {
+        peer: NodeId,
+        state: Vec<u8>,
+    },
     /// The document changed: these tasks and maps were touched.
     Changed(Touched),
 }
@@ -75,7 +94,13 @@ impl SyncEngine {
         self.peers.iter().filter(|(_, session)| session.connected).map(|(peer, _)| peer)
     }
 
-    fn connected(&mut self, replica: &Replica, peer: NodeId, saved_state: Option<Vec<u8>>, outputs: &mut Vec<SyncOutput>) {
+    fn connected(
+        &mut self,
+        replica: &Replica,
+        peer: NodeId,
+        saved_state: Option<Vec<u8>>,
+        outputs: &mut Vec<SyncOutput>,
+    ) {
         if !replica.members().get(&peer).is_some_and(|member| member.is_current()) {
             outputs.push(SyncOutput::Close { peer, reason: "not a member of this mesh".to_owned() });
             return;

@@ -16,11 +16,23 @@ pub fn founding_record(key: &NodeKey, wall_ms: u64) -> (MeshId, SignedRecord) {
 }
 
 /// A membership record signed by `signer` about `member`.
-pub fn membership_record(signer: &NodeKey, mesh: MeshId, wall_ms: u64, action: MembershipAction, member: &NodeKey) -> SignedRecord {
+pub fn membership_record(
+    signer: &NodeKey,
+    mesh: MeshId,
+    wall_ms: u64,
+    action: MembershipAction,
+    member: &NodeKey,
+) -> SignedRecord {
     membership_body(signer, mesh, wall_ms, action, member)
 }
 
-fn membership_body(signer: &NodeKey, mesh: MeshId, wall_ms: u64, action: MembershipAction, member: &NodeKey) -> SignedRecord {
+fn membership_body(
+    signer: &NodeKey,
+    mesh: MeshId,
+    wall_ms: u64,
+    action: MembershipAction,
+    member: &NodeKey,
+) -> SignedRecord {
     let record = Record {
         version: RECORD_VERSION,
         mesh,

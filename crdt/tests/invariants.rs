@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshwork_crdt::document::{put_task_record, QueueDoc};
+use meshwork_crdt::document::{QueueDoc, put_task_record};
 use meshwork_crdt::resolve::StoredRecord;
 use meshwork_crdt::test_support::node_key;
 use meshwork_crdt::{Replica, Speaker};
@@ -33,7 +33,15 @@ struct GenRecord {
 
 fn gen_record() -> impl Strategy<Value = GenRecord> {
     (0..NODES, 0..TASKS.len(), 0u8..8, 0u32..3, 1u64..5, 0u64..(4 * LEASE_MS), any::<usize>()).prop_map(
-        |(node, task, kind, generation, lamport, offset_ms, target)| GenRecord { node, task, kind, generation, lamport, offset_ms, target },
+        |(node, task, kind, generation, lamport, offset_ms, target)| GenRecord {
+            node,
+            task,
+            kind,
+            generation,
+            lamport,
+            offset_ms,
+            target,
+        },
     )
 }
 
@@ -42,14 +50,25 @@ fn base() -> (Vec<NodeKey>, Vec<u8>) {
     let keys: Vec<NodeKey> = (1..=NODES as u8).map(node_key).collect();
     let mut founded = Replica::found(&keys[0], 0, "n0", "mesh", BASE_MS).unwrap().replica;
     for (index, key) in keys.iter().enumerate().skip(1) {
-        let membership = Membership { action: MembershipAction::Add, member: key.node_id(), name: format!("n{index}"), roles: vec![] };
+        let membership = Membership {
+            action: MembershipAction::Add,
+            member: key.node_id(),
+            name: format!("n{index}"),
+            roles: vec![],
+        };
         founded.change_membership(&keys[0], membership, BASE_MS + 1).unwrap();
     }
     let agent = AgentName::new("setup").unwrap();
     let speaker = Speaker { key: &keys[0], agent: &agent };
     for (index, id) in TASKS.iter().enumerate() {
         let after = if index == 0 { vec![] } else { vec![TASKS[0].to_owned()] };
-        let request = AddTask { id: Some((*id).to_owned()), title: (*id).to_owned(), after, lease_ms: Some(LEASE_MS), ..AddTask::default() };
+        let request = AddTask {
+            id: Some((*id).to_owned()),
+            title: (*id).to_owned(),
+            after,
+            lease_ms: Some(LEASE_MS),
+            ..AddTask::default()
+        };
         founded.add_task(speaker, &request, BASE_MS + 2, 0).unwrap();
     }
     (keys, founded.doc().save())
@@ -67,7 +86,7 @@ fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u
         let task = TaskId::new(TASKS[step.task]).unwrap();
         let own_claims = claims.entry((step.node, step.task)).or_default();
         let body = match (step.kind, own_claims.is_empty()) {
-            (0 | 1 | 2, _) | (_, true) => RecordBody::Claim(Claim {
+            (0..=2, _) | (_, true) => RecordBody::Claim(Claim {
                 task: task.clone(),
                 generation: step.generation,
                 lamport: step.lamport,
@@ -99,7 +118,8 @@ fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u
             own_claims.push(signed.id());
         }
         let fork = &mut forks[step.node];
-        let change = fork.doc_mut().change(BASE_MS, "record", |tx, maps| put_task_record(tx, maps, &task, &signed)).unwrap();
+        let change =
+            fork.doc_mut().change(BASE_MS, "record", |tx, maps| put_task_record(tx, maps, &task, &signed)).unwrap();
         changes.push(change);
         ids.push(signed.id());
     }
@@ -123,7 +143,10 @@ fn assert_one_holder(replica: &Replica) {
                 *winners_per_generation.entry(claim.claim.generation).or_default() += 1;
             }
         }
-        assert!(winners_per_generation.values().all(|count| *count <= 1), "two winners in one generation: {winners_per_generation:?}");
+        assert!(
+            winners_per_generation.values().all(|count| *count <= 1),
+            "two winners in one generation: {winners_per_generation:?}"
+        );
         if let Some(holder) = &state.holder {
             assert!(!lost.contains(&holder.claim));
         }

@@ -23,7 +23,8 @@ struct Side {
 fn two_sides() -> (Side, Side) {
     let (key_a, key_b) = (node_key(1), node_key(2));
     let mut replica_a = Replica::found(&key_a, 0, "a", "mesh", NOW_MS).unwrap().replica;
-    let membership = Membership { action: MembershipAction::Add, member: key_b.node_id(), name: "b".into(), roles: vec![] };
+    let membership =
+        Membership { action: MembershipAction::Add, member: key_b.node_id(), name: "b".into(), roles: vec![] };
     replica_a.change_membership(&key_a, membership, NOW_MS + 1).unwrap();
     let doc_b = QueueDoc::load(Some(&replica_a.doc().save()), &[]).unwrap().0;
     let replica_b = Replica::open(key_b.node_id(), 0, doc_b);
@@ -57,9 +58,11 @@ fn pump(a: &mut Side, b: &mut Side, first: Vec<(NodeId, SyncOutput)>) -> Vec<Str
 
 fn connect(a: &mut Side, b: &mut Side) -> Vec<(NodeId, SyncOutput)> {
     let mut outputs: Vec<(NodeId, SyncOutput)> = Vec::new();
-    let from_a = a.engine.handle(&mut a.replica, SyncInput::Connected { peer: b.key.node_id(), saved_state: None }, NOW_MS);
+    let from_a =
+        a.engine.handle(&mut a.replica, SyncInput::Connected { peer: b.key.node_id(), saved_state: None }, NOW_MS);
     outputs.extend(from_a.into_iter().map(|output| (a.key.node_id(), output)));
-    let from_b = b.engine.handle(&mut b.replica, SyncInput::Connected { peer: a.key.node_id(), saved_state: None }, NOW_MS);
+    let from_b =
+        b.engine.handle(&mut b.replica, SyncInput::Connected { peer: a.key.node_id(), saved_state: None }, NOW_MS);
     outputs.extend(from_b.into_iter().map(|output| (b.key.node_id(), output)));
     outputs
 }
@@ -102,7 +105,11 @@ fn a_garbage_frame_closes_the_peer_and_changes_nothing() {
     let first = connect(&mut a, &mut b);
     pump(&mut a, &mut b, first);
     let heads = a.replica.doc().heads();
-    let outputs = a.engine.handle(&mut a.replica, SyncInput::Frame { peer: b.key.node_id(), bytes: vec![1, 0, 0xde, 0xad] }, NOW_MS);
+    let outputs = a.engine.handle(
+        &mut a.replica,
+        SyncInput::Frame { peer: b.key.node_id(), bytes: vec![1, 0, 0xde, 0xad] },
+        NOW_MS,
+    );
     assert!(matches!(outputs.as_slice(), [SyncOutput::Close { .. }]));
     assert_eq!(a.engine.bad_frames.get(&b.key.node_id()), Some(&1));
     assert_eq!(a.replica.doc().heads(), heads);

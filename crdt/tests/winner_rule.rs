@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use meshwork_crdt::membership::MemberSet;
 use meshwork_crdt::probes::ProbeBook;
-use meshwork_crdt::resolve::{resolve, rendezvous, LossReason, ResolveContext, StoredRecord, TaskState};
+use meshwork_crdt::resolve::{LossReason, ResolveContext, StoredRecord, TaskState, rendezvous, resolve};
 use meshwork_crdt::task::TaskFields;
 use meshwork_crdt::test_support::{founding_record, membership_record, node_key, signed};
 use meshwork_protocol::api::TaskStatus;
@@ -68,7 +68,13 @@ impl World {
         signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), body)
     }
 
-    fn follow_up(&self, node: usize, wall_ms: u64, make: impl FnOnce(TaskId, RecordId) -> RecordBody, claim: &SignedRecord) -> SignedRecord {
+    fn follow_up(
+        &self,
+        node: usize,
+        wall_ms: u64,
+        make: impl FnOnce(TaskId, RecordId) -> RecordBody,
+        claim: &SignedRecord,
+    ) -> SignedRecord {
         signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), make(self.fields.id.clone(), claim.id()))
     }
 
@@ -156,7 +162,9 @@ fn a_timely_renewal_beats_an_early_takeover() {
     let state = world.resolve(&[&takeover, &first, &renew]);
     assert_eq!(world.holder_node(&state), Some(0));
     assert_eq!(state.generation, 0);
-    assert!(state.lost_claims.iter().any(|lost| lost.claim == takeover.id() && lost.reason == LossReason::EarlyTakeover));
+    assert!(
+        state.lost_claims.iter().any(|lost| lost.claim == takeover.id() && lost.reason == LossReason::EarlyTakeover)
+    );
 }
 
 /// A renewal signed after the lease expired does not revive it.
@@ -164,7 +172,8 @@ fn a_timely_renewal_beats_an_early_takeover() {
 fn a_late_renewal_does_not_revive_an_expired_lease() {
     let world = world();
     let first = world.claim(0, 0, 1, 10_000);
-    let late_renew = world.follow_up(0, 10_000 + LEASE_MS + 10, |task, claim| RecordBody::Renew { task, claim }, &first);
+    let late_renew =
+        world.follow_up(0, 10_000 + LEASE_MS + 10, |task, claim| RecordBody::Renew { task, claim }, &first);
     let takeover = world.claim(1, 1, 2, 10_000 + LEASE_MS + 1);
     let state = world.resolve(&[&first, &late_renew, &takeover]);
     assert_eq!(world.holder_node(&state), Some(1));
@@ -177,11 +186,18 @@ fn failures_count_toward_max_attempts_and_releases_do_not() {
     let mut world = world();
     world.fields.max_attempts = 2;
     let claim0 = world.claim(0, 0, 1, 10_000);
-    let release = world.follow_up(0, 11_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &claim0);
+    let release =
+        world.follow_up(0, 11_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &claim0);
     let claim1 = world.claim(1, 1, 2, 12_000);
-    let fail1 = world.follow_up(1, 13_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke".into() }, &claim1);
+    let fail1 =
+        world.follow_up(1, 13_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke".into() }, &claim1);
     let claim2 = world.claim(2, 2, 3, 14_000);
-    let fail2 = world.follow_up(2, 15_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke again".into() }, &claim2);
+    let fail2 = world.follow_up(
+        2,
+        15_000,
+        |task, claim| RecordBody::Fail { task, claim, reason: "broke again".into() },
+        &claim2,
+    );
     let open = world.resolve(&[&claim0, &release, &claim1, &fail1]);
     assert_eq!((open.status, open.generation, open.failures), (TaskStatus::Open, 2, 1));
     let failed = world.resolve(&[&claim0, &release, &claim1, &fail1, &claim2, &fail2]);
@@ -194,9 +210,16 @@ fn failures_count_toward_max_attempts_and_releases_do_not() {
 fn finished_stays_finished_whatever_arrives_later() {
     let world = world();
     let claim = world.claim(0, 0, 1, 10_000);
-    let done = world.follow_up(0, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "shipped".into() }, &claim);
+    let done =
+        world.follow_up(0, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "shipped".into() }, &claim);
     let late_claim = world.claim(1, 1, 2, 10_000 + 2 * LEASE_MS);
-    let cancel = signed(&world.keys[2], world.mesh, at(20_000), None, RecordBody::Cancel { task: world.fields.id.clone(), reason: "no".into() });
+    let cancel = signed(
+        &world.keys[2],
+        world.mesh,
+        at(20_000),
+        None,
+        RecordBody::Cancel { task: world.fields.id.clone(), reason: "no".into() },
+    );
     let state = world.resolve(&[&claim, &done, &late_claim, &cancel]);
     assert_eq!(state.status, TaskStatus::Done);
     assert_eq!(state.result.map(|result| result.value), Some("shipped".to_owned()));
@@ -209,8 +232,10 @@ fn the_winners_result_is_accepted_and_the_losers_kept() {
     let world = world();
     let winner = world.claim(0, 0, 1, 10_000);
     let loser = world.claim(1, 0, 2, 10_000);
-    let loser_done = world.follow_up(1, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "mine".into() }, &loser);
-    let winner_done = world.follow_up(0, 12_000, |task, claim| RecordBody::Done { task, claim, summary: "ours".into() }, &winner);
+    let loser_done =
+        world.follow_up(1, 11_000, |task, claim| RecordBody::Done { task, claim, summary: "mine".into() }, &loser);
+    let winner_done =
+        world.follow_up(0, 12_000, |task, claim| RecordBody::Done { task, claim, summary: "ours".into() }, &winner);
     let state = world.resolve(&[&loser_done, &winner, &loser, &winner_done]);
     assert_eq!(state.result.map(|result| result.value), Some("ours".to_owned()));
     assert_eq!(state.other_results.len(), 1);
@@ -282,7 +307,8 @@ fn claims_before_approval_do_not_count() {
     let mut world = world();
     world.fields.needs_approval = true;
     let early = world.claim(0, 0, 1, 10_000);
-    let approve = signed(&world.keys[2], world.mesh, at(11_000), None, RecordBody::Approve { task: world.fields.id.clone() });
+    let approve =
+        signed(&world.keys[2], world.mesh, at(11_000), None, RecordBody::Approve { task: world.fields.id.clone() });
     let after = world.claim(1, 0, 2, 12_000);
     let state = world.resolve(&[&early, &approve, &after]);
     assert_eq!(world.holder_node(&state), Some(1));
@@ -311,7 +337,14 @@ fn a_record_of_another_mesh_does_not_count() {
         MeshId([9; 16]),
         at(10_000),
         Some("agent"),
-        RecordBody::Claim(Claim { task: world.fields.id.clone(), generation: 0, lamport: 1, lease_ms: LEASE_MS, probe: None, quorum: false }),
+        RecordBody::Claim(Claim {
+            task: world.fields.id.clone(),
+            generation: 0,
+            lamport: 1,
+            lease_ms: LEASE_MS,
+            probe: None,
+            quorum: false,
+        }),
     );
     let state = world.resolve(&[&foreign]);
     assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));

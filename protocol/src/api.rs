@@ -237,6 +237,19 @@ pub struct NodeStatus {
     pub skipped_files: Vec<String>,
     pub started_at: String,
     pub pid: u32,
+    pub storage: StorageView,
+}
+
+/// What the node's storage did since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageView {
+    /// fsync calls; fewer than `submissions` under load means clients shared them.
+    pub fsyncs: u64,
+    pub frames_written: u64,
+    /// Writes the group-commit thread answered.
+    pub submissions: u64,
+    /// Bytes in the change log since the last snapshot.
+    pub log_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,11 +40,7 @@ impl Hlc {
 
     /// A fresh stamp, strictly after every stamp this clock issued or observed.
     pub fn now(&mut self, wall_ms: u64) -> Stamp {
-        let next = if wall_ms > self.last.wall_ms {
-            Stamp { wall_ms, logical: 0 }
-        } else {
-            successor(self.last)
-        };
+        let next = if wall_ms > self.last.wall_ms { Stamp { wall_ms, logical: 0 } } else { successor(self.last) };
         assert!(next > self.last, "hlc must move forward");
         self.last = next;
         next

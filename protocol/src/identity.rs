@@ -27,8 +27,8 @@ impl NodeId {
 
     /// The libp2p PeerId of this key.
     pub fn peer_id(&self) -> Result<libp2p_identity::PeerId, IdentityError> {
-        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0)
-            .map_err(|_| IdentityError::BadPublicKey)?;
+        let key =
+            libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0).map_err(|_| IdentityError::BadPublicKey)?;
         Ok(libp2p_identity::PublicKey::from(key).to_peer_id())
     }
 
@@ -212,8 +212,7 @@ impl fmt::Display for AgentId {
 impl FromStr for AgentId {
     type Err = IdentityError;
     fn from_str(text: &str) -> Result<AgentId, IdentityError> {
-        let (agent, node) =
-            text.split_once('@').ok_or_else(|| IdentityError::BadAgentId(text.to_owned()))?;
+        let (agent, node) = text.split_once('@').ok_or_else(|| IdentityError::BadAgentId(text.to_owned()))?;
         Ok(AgentId { agent: AgentName::new(agent)?, node: node.parse()? })
     }
 }
@@ -271,14 +270,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Bytes of a lowercase or uppercase hex string, or `None` if it is not hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16);
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| Some((digit(pair[0])? as u8) << 4 | digit(pair[1])? as u8))
-        .collect()
+    text.as_bytes().chunks(2).map(|pair| Some((digit(pair[0])? as u8) << 4 | digit(pair[1])? as u8)).collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub mod task_id;
 pub mod time;
 pub mod wire;
 
-pub use error::{ErrorCode, ErrorBody};
+pub use error::{ErrorBody, ErrorCode};
 pub use hlc::{Hlc, Stamp};
 pub use identity::{AgentId, AgentName, MeshId, NodeId, NodeKey};
 pub use probe::Probe;

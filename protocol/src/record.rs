@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::identity::{hex, unhex, AgentName, MeshId, NodeId, NodeKey};
+use crate::identity::{AgentName, MeshId, NodeId, NodeKey, hex, unhex};
 use crate::limits::{
     FIELD_BYTES_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECORD_BYTES_MAX,
 };
@@ -186,8 +186,7 @@ impl SignedRecord {
         if version != RECORD_VERSION {
             return Err(RecordError::UnknownVersion(version));
         }
-        let record: Record =
-            postcard::from_bytes(record_bytes).map_err(|_| RecordError::Malformed("undecodable"))?;
+        let record: Record = postcard::from_bytes(record_bytes).map_err(|_| RecordError::Malformed("undecodable"))?;
         // Canonical: exactly one encoding per record, so one record has exactly one id.
         if encode_record(&record)? != record_bytes {
             return Err(RecordError::Malformed("not canonically encoded"));
@@ -285,13 +284,14 @@ impl Record {
     /// Checks every free-text and list field against [`crate::limits`].
     pub fn check_limits(&self) -> Result<(), RecordError> {
         let message = |text: &str| text.len() <= MESSAGE_BYTES_MAX;
-        let list = |items: &[String]| items.len() <= LIST_ITEMS_MAX && items.iter().all(|item| item.len() <= FIELD_BYTES_MAX);
+        let list =
+            |items: &[String]| items.len() <= LIST_ITEMS_MAX && items.iter().all(|item| item.len() <= FIELD_BYTES_MAX);
         let within = match &self.body {
             RecordBody::Claim(claim) => (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&claim.lease_ms),
             RecordBody::Renew { .. } | RecordBody::Approve { .. } => true,
-            RecordBody::Release { reason, .. } | RecordBody::Fail { reason, .. } | RecordBody::Cancel { reason, .. } => {
-                message(reason)
-            }
+            RecordBody::Release { reason, .. }
+            | RecordBody::Fail { reason, .. }
+            | RecordBody::Cancel { reason, .. } => message(reason),
             RecordBody::Progress { message: text, percent, .. } => message(text) && percent.is_none_or(|p| p <= 100),
             RecordBody::Done { summary, .. } => message(summary),
             RecordBody::Handoff(handoff) => {
@@ -303,7 +303,15 @@ impl Record {
             }
             RecordBody::Membership(membership) => membership.name.len() <= NAME_BYTES_MAX && list(&membership.roles),
             RecordBody::Probe(probe) => {
-                probe.tools.len() <= 4 * LIST_ITEMS_MAX && list(&probe.labels) && probe.gpus.len() <= LIST_ITEMS_MAX
+                let short = |text: &String| text.len() <= FIELD_BYTES_MAX;
+                let texts =
+                    [&probe.os, &probe.os_version, &probe.kernel, &probe.arch, &probe.hostname, &probe.cpu_model];
+                texts.into_iter().all(short)
+                    && probe.tools.len() <= LIST_ITEMS_MAX
+                    && probe.tools.iter().all(|(name, version)| short(name) && short(version))
+                    && list(&probe.labels)
+                    && probe.gpus.len() <= LIST_ITEMS_MAX
+                    && probe.gpus.iter().all(|gpu| short(&gpu.model))
             }
         };
         if within { Ok(()) } else { Err(RecordError::Malformed("a field is over its limit")) }
@@ -361,7 +369,10 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.insert(bytes.len() - SIGNATURE_BYTES, 0);
         assert!(SignedRecord::decode(&longer).is_err());
-        assert_eq!(SignedRecord::decode(&vec![1; RECORD_BYTES_MAX + 1]), Err(RecordError::TooLarge(RECORD_BYTES_MAX + 1)));
+        assert_eq!(
+            SignedRecord::decode(&vec![1; RECORD_BYTES_MAX + 1]),
+            Err(RecordError::TooLarge(RECORD_BYTES_MAX + 1))
+        );
         assert!(SignedRecord::decode(&[]).is_err());
     }
 

@@ -124,7 +124,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// The shortest exact text of a size in [`parse_size`]'s units.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -137,7 +137,17 @@ mod tests {
 
     #[test]
     fn requirements_parse_and_print_back() {
-        for text in ["gpu", "gpu>=24G", "mem>=32G", "cpus>=8", "disk>=100G", "tool:matlab", "os=linux", "arch=x86_64", "label:licensed-ansys"] {
+        for text in [
+            "gpu",
+            "gpu>=24G",
+            "mem>=32G",
+            "cpus>=8",
+            "disk>=100G",
+            "tool:matlab",
+            "os=linux",
+            "arch=x86_64",
+            "label:licensed-ansys",
+        ] {
             let requirement: Requirement = text.parse().unwrap();
             assert_eq!(requirement.to_string(), text);
         }

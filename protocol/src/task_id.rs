@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::identity::{validate_name, IdentityError, NodeId};
+use crate::identity::{IdentityError, NodeId, validate_name};
 
 /// A task's id: 1 to 64 bytes of letters, digits, `.`, `_`, `-`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -76,8 +76,7 @@ impl FrameSplitter {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, WireError> {
         self.buffer.extend_from_slice(bytes);
         let mut frames = Vec::new();
-        loop {
-            let Some(prefix) = self.buffer.get(..LENGTH_PREFIX_BYTES) else { break };
+        while let Some(prefix) = self.buffer.get(..LENGTH_PREFIX_BYTES) {
             let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
             if length > FRAME_BYTES_MAX {
                 return Err(WireError::TooLarge(length));

@@ -24,8 +24,9 @@ pub struct Run {
 impl Run {
     /// The single JSON document on stdout.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|error| panic!("stdout is not one JSON document ({error}): {:?}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
+            panic!("stdout is not one JSON document ({error}): {:?}\nstderr: {}", self.stdout, self.stderr)
+        })
     }
 
     /// The error code of a `--json` failure.
@@ -79,10 +80,10 @@ impl TestNode {
             if self.cli(&["node", "status"]).code == 0 {
                 return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the node exited at start: {status}");
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("the node exited at start: {status}");
             }
             assert!(started.elapsed() < NODE_START_TIMEOUT, "the node did not start within {NODE_START_TIMEOUT:?}");
             sleep(Duration::from_millis(20));

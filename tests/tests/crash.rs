@@ -36,7 +36,8 @@ fn client_loop(node: &TestNode, client: usize, round: usize, stop: &AtomicBool, 
         sequence += 1;
         let id = format!("R{round}-C{client}-{sequence}");
         let request_id = format!("add-{id}");
-        let added = node.cli_as(&agent, &["task", "add", "crash test", "--id", &id, "--request-id", &request_id, "--json"]);
+        let added =
+            node.cli_as(&agent, &["task", "add", "crash test", "--id", &id, "--request-id", &request_id, "--json"]);
         if added.code != 0 {
             return; // the node is gone
         }
@@ -54,10 +55,9 @@ fn client_loop(node: &TestNode, client: usize, round: usize, stop: &AtomicBool, 
 /// Every acknowledged add and claim survives SIGKILL at a random moment, 20 times over.
 #[test]
 fn acknowledged_mutations_survive_sigkill_at_random_moments() {
-    let seed = std::env::var("MESHWORK_CRASH_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64) | 1);
+    let seed = std::env::var("MESHWORK_CRASH_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or_else(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64) | 1
+    });
     let rounds: usize = std::env::var("MESHWORK_CRASH_ROUNDS").ok().and_then(|text| text.parse().ok()).unwrap_or(20);
     println!("crash test seed {seed}, {rounds} rounds");
     let mut random = XorShift(seed);
@@ -85,10 +85,16 @@ fn acknowledged_mutations_survive_sigkill_at_random_moments() {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|task| (task["id"].as_str().unwrap_or_default().to_owned(), task["status"].as_str().unwrap_or_default().to_owned()))
+            .map(|task| {
+                (
+                    task["id"].as_str().unwrap_or_default().to_owned(),
+                    task["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
             .collect();
         for (id, claimed) in acknowledged.lock().expect("ack lock").iter() {
-            let status = present.get(id).unwrap_or_else(|| panic!("seed {seed} round {round}: acknowledged task {id} is lost"));
+            let status =
+                present.get(id).unwrap_or_else(|| panic!("seed {seed} round {round}: acknowledged task {id} is lost"));
             if *claimed {
                 assert_eq!(status, "claimed", "seed {seed} round {round}: acknowledged claim of {id} is lost");
             }

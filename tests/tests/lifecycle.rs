@@ -11,7 +11,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_meshwork");
 #[test]
 fn a_task_goes_from_added_to_done_through_the_cli() {
     let node = TestNode::start(BIN);
-    let added = node.ok(&["task", "add", "Write the parser", "--id", "WRK-1", "--priority", "5", "--description", "the WRK format"]);
+    let added = node.ok(&[
+        "task",
+        "add",
+        "Write the parser",
+        "--id",
+        "WRK-1",
+        "--priority",
+        "5",
+        "--description",
+        "the WRK format",
+    ]);
     assert_eq!(added["id"], "WRK-1");
     assert_eq!(added["status"], "open");
     assert_eq!(added["ready"], true);
@@ -208,7 +218,10 @@ fn a_corrupt_log_is_reported_and_left_in_place() {
     node.launch();
     let status = node.ok(&["node", "status"]);
     let skipped = status["skipped_files"].as_array().cloned().unwrap_or_default();
-    assert!(skipped.iter().any(|line| line.as_str().is_some_and(|text| text.contains(&*damaged.to_string_lossy()))), "{status}");
+    assert!(
+        skipped.iter().any(|line| line.as_str().is_some_and(|text| text.contains(&*damaged.to_string_lossy()))),
+        "{status}"
+    );
     assert_eq!(node.ok(&["task", "show", "K"])["id"], "K");
     assert_eq!(std::fs::read(&damaged).expect("still there"), bytes, "the damaged file is left as it was");
 }
@@ -228,4 +241,17 @@ fn exports_in_every_format() {
     let raw = node.cli(&["export", "--format", "automerge", "--output", &file.to_string_lossy()]);
     assert_eq!(raw.code, 0, "{raw:?}");
     assert!(std::fs::metadata(&file).map(|meta| meta.len()).unwrap_or(0) > 0);
+}
+
+/// Right after a node's first start, a task whose requirements this machine meets can be
+/// claimed: the node publishes its probe before it serves.
+#[test]
+fn requirements_this_machine_meets_pass_the_gate_from_the_first_start() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "linux only", "--id", "L", "--requires", "os=linux", "--requires", "cpus>=1"]);
+    assert_eq!(node.ok(&["ready"]).as_array().map(Vec::len), Some(1));
+    let claimed = node.ok(&["claim", "--next"]);
+    assert_eq!(claimed["id"], "L");
+    let caps = node.ok(&["caps"]);
+    assert_eq!(caps["os"], "linux");
 }

@@ -1,0 +1,240 @@
+//! The node daemon: opens the home, recovers the document, and serves the local API until
+//! SIGINT, SIGTERM or `node stop`.
+//!
+//! Start-up order matters: the home lock, then a fresh boot number (persisted before any
+//! write, so an actor id is never reused), then recovery, then the queue actor, then the
+//! socket. Shutdown runs the other way and flushes the store last.
+
+mod api;
+mod queue;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use meshwork_crdt::{QueueDoc, Replica};
+use meshwork_protocol::api::InitView;
+use meshwork_protocol::storage::Frame;
+use meshwork_protocol::{NodeKey, Probe};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::StartOptions;
+use crate::home::{Config, Home, MeshFile, default_node_name};
+use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
+use crate::store::{self, StoreConfig, StoreHandle};
+use queue::{NodeFacts, QueueActor, RequestTable, now_ms};
+
+/// `meshwork init`: creates the home, the key and a mesh of one. Run again, it reports the
+/// home as it is.
+pub(crate) fn init(root: &Path, name: Option<&str>) -> anyhow::Result<InitView> {
+    let home = Home::new(root.to_path_buf());
+    if home.is_initialised() {
+        return init_view(&home);
+    }
+    home.create_dir()?;
+    let _lock = home.lock()?;
+    let key = home.load_or_create_key()?;
+    let name = name.map_or_else(default_node_name, str::to_owned);
+    meshwork_protocol::identity::validate_name("a node name", &name)?;
+    if !home.config_path().exists() {
+        home.write_config(&Config { name: name.clone(), labels: Vec::new(), tools: Vec::new() })?;
+    }
+    let config = home.load_config()?;
+    let boot = store::next_boot(home.root())?;
+    let founded = Replica::found(&key, boot, &config.name, &config.name, now_ms())?;
+    let (mut writer, _) = store::open(&home.doc_dir(), StoreConfig::default())?;
+    let frames: Vec<Frame> = founded.changes.into_iter().map(Frame::Changes).collect();
+    writer.append(&frames)?;
+    let mesh_id = founded.replica.mesh().map(|mesh| mesh.to_string()).unwrap_or_default();
+    home.write_mesh(&MeshFile { mesh_id, mesh_name: config.name.clone() })?;
+    init_view(&home)
+}
+
+fn init_view(home: &Home) -> anyhow::Result<InitView> {
+    let key = home.load_key()?;
+    let config = home.load_config()?;
+    let mesh = home.load_mesh()?;
+    Ok(InitView {
+        node_id: key.node_id().to_string(),
+        name: config.name,
+        home: home.root().display().to_string(),
+        mesh_id: mesh.mesh_id,
+    })
+}
+
+/// This machine's probe, measured now (`meshwork caps` works without a running node).
+pub(crate) fn local_caps(root: &Path) -> anyhow::Result<Probe> {
+    let home = Home::new(root.to_path_buf());
+    let config = home.load_config().ok();
+    Ok(probe_machine(&probe_config(&home, config.as_ref())))
+}
+
+fn probe_config(home: &Home, config: Option<&Config>) -> ProbeConfig {
+    let mut tools: Vec<String> = DEFAULT_TOOLS.iter().map(|tool| (*tool).to_owned()).collect();
+    tools.extend(config.map(|config| config.tools.clone()).unwrap_or_default());
+    ProbeConfig {
+        labels: config.map(|config| config.labels.clone()).unwrap_or_default(),
+        home: home.root().to_path_buf(),
+        tools,
+    }
+}
+
+/// `meshwork node start`: runs the node in the foreground until it is told to stop.
+pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
+    init_tracing();
+    if !options.offline {
+        // The mesh (listening, peers, mDNS) arrives with the networking layer; until then a
+        // node works on its own, which is exactly `--offline`.
+        warn!("this build has no networking yet; the node runs as with --offline");
+    }
+    let home = Home::new(root.to_path_buf());
+    if !home.is_initialised() {
+        let view = init(root, None)?;
+        info!(node_id = %view.node_id, home = %view.home, "initialised a new home");
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(run(home, options))
+}
+
+/// Logs to stderr; `MESHWORK_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+fn init_tracing() {
+    let filter =
+        std::env::var("MESHWORK_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Recovers the replica from the store, reporting and skipping what cannot be read.
+struct Recovery {
+    replica: Replica,
+    store: StoreHandle,
+    requests: RequestTable,
+    skipped: Vec<String>,
+}
+
+fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
+    let mut boot = store::next_boot(home.root())?;
+    let (writer, recovered) = store::open(&home.doc_dir(), StoreConfig::default())?;
+    let mut skipped: Vec<String> = recovered.skipped.iter().map(ToString::to_string).collect();
+    let (doc, bad_chunks) = QueueDoc::load(recovered.snapshot.as_deref(), &recovered.changes)
+        .with_context(|| format!("the document in {} cannot be loaded", home.doc_dir().display()))?;
+    skipped.extend(
+        bad_chunks
+            .iter()
+            .map(|(index, error)| format!("change chunk {index} in {}: {error}", home.doc_dir().display())),
+    );
+    // Belt and braces: never reuse an actor id the document already holds, even if the boot
+    // file was lost or restored from an old backup.
+    while doc.highest_boot_of(&key.node_id()).is_some_and(|highest| highest >= boot) {
+        boot = store::next_boot(home.root())?;
+    }
+    for line in &skipped {
+        warn!("skipped while loading: {line}");
+    }
+    let replica = Replica::open(key.node_id(), boot, doc);
+    if replica.mesh().is_none() {
+        bail!(
+            "the document in {} has no mesh; run `meshwork init --home {}`",
+            home.doc_dir().display(),
+            home.root().display()
+        );
+    }
+    let store = StoreHandle::spawn(writer)?;
+    Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped })
+}
+
+async fn run(home: Home, options: StartOptions) -> anyhow::Result<()> {
+    let _lock = home.lock()?;
+    let key = Arc::new(home.load_key()?);
+    let config = home.load_config()?;
+    let recovery = recover(&home, &key)?;
+    info!(node_id = %key.node_id(), tasks = recovery.replica.tasks().len(), "recovered the queue");
+    let actor = QueueActor {
+        replica: recovery.replica,
+        key: Arc::clone(&key),
+        store: recovery.store,
+        requests: recovery.requests,
+        facts: NodeFacts {
+            name: config.name.clone(),
+            home: home.root().display().to_string(),
+            offline: true,
+            skipped_files: recovery.skipped,
+            started_at_ms: now_ms(),
+        },
+        needs_snapshot: false,
+        write_failed: Arc::default(),
+    };
+    let _ = options;
+    // With no probe of this machine in the document yet (a first start), gates could refuse
+    // every task with requirements: probe before serving. Later starts serve at once with
+    // the stored probe and refresh it in the background.
+    let has_probe = actor.replica.probes().latest(&key.node_id()).is_some();
+    let (queue, actor_task) = actor.spawn();
+    let probing = spawn_probe(&home, &config, queue.clone());
+    if !has_probe {
+        let _ = probing.await;
+    }
+    let shutdown = CancellationToken::new();
+    let listener = bind_socket(&home)?;
+    let router = api::router(api::ApiState { queue: queue.clone(), shutdown: shutdown.clone() });
+    let server =
+        tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stop_signal(shutdown.clone())).into_future());
+    println!("meshwork node {} serving {} (offline)", key.node_id(), home.socket_path().display());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "the local API stopped with an error"),
+        Err(error) => warn!(%error, "the local API task failed"),
+    }
+    queue.stop().await;
+    let _ = actor_task.await;
+    let _ = fs::remove_file(home.socket_path());
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the API socket in the home, private to the owner. A stale socket from a node that
+/// died is removed first: the home lock proves no other node serves it.
+fn bind_socket(home: &Home) -> anyhow::Result<UnixListener> {
+    let path = home.socket_path();
+    if path.exists() {
+        fs::remove_file(&path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// Resolves on SIGINT, SIGTERM, or `node stop`.
+async fn stop_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        shutdown.cancelled().await;
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => info!("SIGINT: stopping"),
+        _ = terminate.recv() => info!("SIGTERM: stopping"),
+        () = shutdown.cancelled() => info!("asked to stop"),
+    }
+}
+
+/// Probes the machine off the async threads (it runs `TOOL --version` for each tool) and
+/// publishes the probe when it differs from the last one.
+fn spawn_probe(home: &Home, config: &Config, queue: queue::QueueHandle) -> tokio::task::JoinHandle<()> {
+    let probe_config = probe_config(home, Some(config));
+    tokio::spawn(async move {
+        match tokio::task::spawn_blocking(move || probe_machine(&probe_config)).await {
+            Ok(probe) => queue.publish_probe(probe).await,
+            Err(error) => warn!(%error, "the machine probe failed"),
+        }
+    })
+}

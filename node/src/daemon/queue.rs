@@ -1,0 +1,480 @@
+//! The queue actor: owns the replica and the node key, runs every operation, and answers
+//! a mutation only once its change is durable (group commit through the store thread).
+//!
+//! Reached through [`QueueHandle`] over a bounded channel; one task, so operations on the
+//! replica never interleave. The actor never waits for an fsync itself: it hands the answer
+//! to a small task that waits, and goes on with the next request, so concurrent clients
+//! share fsyncs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use meshwork_crdt::{Applied, OpError, Replica, Speaker};
+use meshwork_protocol::api::{AddTask, ClaimTask, EditTask, HandoffRequest, NodeStatus, StorageView, TaskStatus};
+use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::storage::{Frame, RequestEntry};
+use meshwork_protocol::time::format_rfc3339_ms;
+use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::store::StoreHandle;
+
+/// Requests waiting for the actor.
+const QUEUE_COMMANDS_MAX: usize = 1024;
+/// Idempotency entries kept; the oldest go first.
+pub(crate) const REQUESTS_KEPT_MAX: usize = 100_000;
+/// Log bytes after which the actor writes a snapshot and starts the log afresh.
+const COMPACT_LOG_BYTES: u64 = 64 * 1024 * 1024;
+/// At a clean stop, a log longer than this is compacted so the next start is quick.
+const COMPACT_ON_STOP_LOG_BYTES: u64 = 1024 * 1024;
+
+/// An operation's answer: the JSON to print, or a contract error.
+pub(crate) type Answer = Result<Value, ErrorBody>;
+
+/// Every operation that changes the queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Mutation {
+    AddTask(AddTask),
+    EditTask(TaskId, EditTask),
+    Cancel(TaskId, String),
+    Claim(ClaimTask),
+    Renew(TaskId),
+    Release(TaskId, String),
+    Progress(TaskId, String, Option<u8>),
+    Handoff(TaskId, HandoffRequest),
+    Done(TaskId, String),
+    Fail(TaskId, String),
+    Approve(TaskId),
+}
+
+/// Every question about the queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Query {
+    Task(TaskId),
+    List(Vec<TaskStatus>),
+    Ready { all: bool },
+    ExportJson,
+    ExportJsonl,
+    ExportAutomerge,
+    Members,
+    Caps,
+    Status,
+}
+
+/// What a query returns: JSON, or raw bytes (the Automerge export).
+#[derive(Debug)]
+pub(crate) enum QueryAnswer {
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
+enum Command {
+    Mutate { agent: AgentName, request_id: Option<String>, mutation: Box<Mutation>, reply: oneshot::Sender<Answer> },
+    Query { agent: AgentName, query: Query, reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>> },
+    PublishProbe { probe: Box<Probe>, reply: oneshot::Sender<Answer> },
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// A cloneable handle on the queue actor.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+fn unavailable() -> ErrorBody {
+    ErrorBody::new(ErrorCode::NodeUnavailable, "the node is stopping").retryable()
+}
+
+impl QueueHandle {
+    /// Runs a mutation; resolves once its change is durable.
+    pub(crate) async fn mutate(&self, agent: AgentName, request_id: Option<String>, mutation: Mutation) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Mutate { agent, request_id, mutation: Box::new(mutation), reply };
+        self.commands.send(command).await.map_err(|_| unavailable())?;
+        answer.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+
+    pub(crate) async fn query(&self, agent: AgentName, query: Query) -> Result<QueryAnswer, ErrorBody> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Query { agent, query, reply }).await.map_err(|_| unavailable())?;
+        answer.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+
+    /// Publishes this machine's probe if it changed; resolves once the actor took it in.
+    pub(crate) async fn publish_probe(&self, probe: Probe) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::PublishProbe { probe: Box::new(probe), reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Finishes the requests before it, compacts if worthwhile, and stops the actor.
+    pub(crate) async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Stop { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Facts about the node that `status` reports and the actor does not own.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFacts {
+    pub(crate) name: String,
+    pub(crate) home: String,
+    pub(crate) offline: bool,
+    pub(crate) skipped_files: Vec<String>,
+    pub(crate) started_at_ms: u64,
+}
+
+/// The idempotency table: answers by `agent\nrequest-id`, oldest evicted first.
+#[derive(Debug, Default)]
+pub(crate) struct RequestTable {
+    entries: BTreeMap<String, RequestEntry>,
+    order: VecDeque<String>,
+}
+
+impl RequestTable {
+    pub(crate) fn from_recovered(entries: Vec<RequestEntry>) -> RequestTable {
+        let mut table = RequestTable::default();
+        for entry in entries {
+            table.insert(entry);
+        }
+        table
+    }
+
+    fn key(agent: &AgentName, request_id: &str) -> String {
+        format!("{agent}\n{request_id}")
+    }
+
+    fn insert(&mut self, entry: RequestEntry) {
+        if self.entries.insert(entry.key.clone(), entry.clone()).is_none() {
+            self.order.push_back(entry.key);
+        }
+        while self.order.len() > REQUESTS_KEPT_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.entries.remove(&oldest);
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&RequestEntry> {
+        self.entries.get(key)
+    }
+
+    fn all(&self) -> Vec<RequestEntry> {
+        self.order.iter().filter_map(|key| self.entries.get(key).cloned()).collect()
+    }
+}
+
+/// Everything the actor owns.
+pub(crate) struct QueueActor {
+    pub(crate) replica: Replica,
+    pub(crate) key: Arc<NodeKey>,
+    pub(crate) store: StoreHandle,
+    pub(crate) requests: RequestTable,
+    pub(crate) facts: NodeFacts,
+    /// Set when a write failed: the next write first stores a whole snapshot, so no change
+    /// that exists only in memory is ever left out of the files.
+    pub(crate) needs_snapshot: bool,
+    /// Raised by the task that waits on a failed write; folded into `needs_snapshot`.
+    pub(crate) write_failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for QueueActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueActor").field("node", &self.replica.node()).finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl QueueActor {
+    /// Starts the actor on the current tokio runtime.
+    pub(crate) fn spawn(self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+        let (commands, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        let task = tokio::spawn(self.run(receiver));
+        (QueueHandle { commands }, task)
+    }
+
+    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(command) = receiver.recv().await {
+            match command {
+                Command::Mutate { agent, request_id, mutation, reply } => {
+                    self.mutate(agent, request_id, *mutation, reply).await
+                }
+                Command::Query { agent, query, reply } => {
+                    let _ = reply.send(self.query(&agent, query));
+                }
+                Command::PublishProbe { probe, reply } => self.publish_probe(*probe, reply).await,
+                Command::Stop { reply } => {
+                    self.stop().await;
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn mutate(
+        &mut self,
+        agent: AgentName,
+        request_id: Option<String>,
+        mutation: Mutation,
+        reply: oneshot::Sender<Answer>,
+    ) {
+        let request_key = request_id.as_deref().map(|id| RequestTable::key(&agent, id));
+        if let Some(entry) = request_key.as_deref().and_then(|key| self.requests.get(key)) {
+            // A retry: answer as the first time, once everything before it is durable.
+            let answer = decode_answer(&entry.response);
+            let barrier = self.store.submit(Vec::new()).await;
+            tokio::spawn(async move {
+                let _ = barrier.await;
+                let _ = reply.send(answer);
+            });
+            return;
+        }
+        let now = now_ms();
+        let outcome = self.apply(&agent, &mutation, now);
+        let answer: Answer = match &outcome {
+            Ok(applied) => Ok(self.task_json(&applied.task)),
+            Err(error) => Err(error.to_error_body()),
+        };
+        let mut frames = Vec::new();
+        if let Ok(applied) = &outcome
+            && !applied.changes.is_empty()
+        {
+            frames.push(Frame::Changes(applied.changes.clone()));
+        }
+        // Retryable failures are not kept: repeating the request must be able to succeed.
+        if let Some(key) = request_key.filter(|_| answer.as_ref().err().is_none_or(|error| !error.retryable)) {
+            let entry = RequestEntry { key, response: encode_answer(&answer), unix_ms: now };
+            self.requests.insert(entry.clone());
+            frames.push(Frame::Request(entry));
+        }
+        self.write_then_answer(frames, answer, reply).await;
+    }
+
+    /// Hands frames to the store and answers once they are durable.
+    async fn write_then_answer(&mut self, frames: Vec<Frame>, answer: Answer, reply: oneshot::Sender<Answer>) {
+        if frames.is_empty() {
+            let _ = reply.send(answer);
+            return;
+        }
+        if self.write_failed.swap(false, Ordering::AcqRel) {
+            self.needs_snapshot = true;
+        }
+        if self.needs_snapshot && !self.write_snapshot().await {
+            let _ = reply.send(Err(storage_failed()));
+            return;
+        }
+        let durable = self.store.submit(frames).await;
+        let failed = Arc::clone(&self.write_failed);
+        tokio::spawn(async move {
+            let answer = match durable.await {
+                Ok(Ok(())) => answer,
+                Ok(Err(error)) => {
+                    warn!(%error, "a write failed; the next write stores a whole snapshot");
+                    failed.store(true, Ordering::Release);
+                    Err(storage_failed())
+                }
+                Err(_) => Err(storage_failed()),
+            };
+            let _ = reply.send(answer);
+        });
+        if self.store.counters().log_bytes > COMPACT_LOG_BYTES {
+            self.write_snapshot().await;
+        }
+    }
+
+    /// Writes the whole document and the request table as a snapshot; true when durable.
+    async fn write_snapshot(&mut self) -> bool {
+        let done = self.store.compact(self.replica.doc().save(), self.requests.all()).await;
+        match done.await {
+            Ok(Ok(())) => {
+                self.needs_snapshot = false;
+                true
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "writing a snapshot failed");
+                self.needs_snapshot = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn apply(&mut self, agent: &AgentName, mutation: &Mutation, now: u64) -> Result<Applied, OpError> {
+        let key = Arc::clone(&self.key);
+        let speaker = Speaker { key: &key, agent };
+        let replica = &mut self.replica;
+        match mutation {
+            Mutation::AddTask(request) => replica.add_task(speaker, request, now, rand::random()),
+            Mutation::EditTask(id, request) => replica.edit_task(speaker, id, request, now),
+            Mutation::Cancel(id, reason) => replica.cancel(speaker, id, reason, now),
+            Mutation::Claim(ClaimTask { task: Some(id), next: false }) => {
+                let id =
+                    TaskId::new(id).map_err(|error| OpError::Refused(ErrorBody::invalid_input(error.to_string())))?;
+                replica.claim(speaker, &id, now)
+            }
+            Mutation::Claim(ClaimTask { task: None, next: true }) => replica.claim_next(speaker, now),
+            Mutation::Claim(_) => {
+                Err(OpError::Refused(ErrorBody::new(ErrorCode::Usage, "claim takes a task id or --next, not both")))
+            }
+            Mutation::Renew(id) => replica.renew(speaker, id, now),
+            Mutation::Release(id, reason) => replica.release(speaker, id, reason, now),
+            Mutation::Progress(id, message, percent) => replica.progress(speaker, id, message, *percent, now),
+            Mutation::Handoff(id, request) => replica.handoff(speaker, id, request, now),
+            Mutation::Done(id, summary) => replica.done(speaker, id, summary, now),
+            Mutation::Fail(id, reason) => replica.fail(speaker, id, reason, now),
+            Mutation::Approve(id) => replica.approve(speaker, id, now),
+        }
+    }
+
+    fn task_json(&self, id: &TaskId) -> Value {
+        self.replica.task(id).map_or(Value::Null, |entry| to_json(&self.replica.task_view(entry)))
+    }
+
+    fn query(&self, _agent: &AgentName, query: Query) -> Result<QueryAnswer, ErrorBody> {
+        let replica = &self.replica;
+        let json = match query {
+            Query::Task(id) => {
+                let entry =
+                    replica.task(&id).ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")))?;
+                to_json(&replica.task_view(entry))
+            }
+            Query::List(statuses) => {
+                let views: Vec<_> = replica
+                    .tasks()
+                    .values()
+                    .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
+                    .map(|entry| replica.task_view(entry))
+                    .collect();
+                to_json(&views)
+            }
+            Query::Ready { all } => {
+                let views: Vec<_> = replica
+                    .ready_tasks()
+                    .into_iter()
+                    .filter(|entry| all || replica.unmet_here(entry).is_empty())
+                    .map(|entry| replica.task_view(entry))
+                    .collect();
+                to_json(&views)
+            }
+            Query::ExportJson => serde_json::from_str(&replica.export_json()).unwrap_or(Value::Null),
+            Query::ExportJsonl => Value::String(replica.export_jsonl()),
+            Query::ExportAutomerge => return Ok(QueryAnswer::Bytes(replica.doc().save())),
+            Query::Members => to_json(&self.members()),
+            Query::Caps => {
+                let probe = replica.probes().latest(&replica.node()).map(|(_, entry)| entry.probe.clone());
+                let probe = probe
+                    .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, "this node has not published a probe yet"))?;
+                to_json(&probe)
+            }
+            Query::Status => to_json(&self.status()),
+        };
+        Ok(QueryAnswer::Json(json))
+    }
+
+    fn members(&self) -> Vec<meshwork_crdt::export::MemberView> {
+        self.replica
+            .members()
+            .current()
+            .map(|member| meshwork_crdt::export::MemberView {
+                node_id: member.node.to_string(),
+                name: member.name.clone(),
+                added_by: member.added_by.to_string(),
+                added_at: format_rfc3339_ms(member.added_at.wall_ms),
+            })
+            .collect()
+    }
+
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            api_version: meshwork_protocol::api::API_VERSION,
+            node_id: self.replica.node().to_string(),
+            name: self.facts.name.clone(),
+            mesh_id: self.replica.mesh().map(|mesh| mesh.to_string()).unwrap_or_default(),
+            home: self.facts.home.clone(),
+            offline: self.facts.offline,
+            listen: Vec::new(),
+            peers: Vec::new(),
+            tasks: self.replica.tasks().len(),
+            rejected_records: self.replica.rejected_records(),
+            skipped_files: self.facts.skipped_files.clone(),
+            started_at: format_rfc3339_ms(self.facts.started_at_ms),
+            pid: std::process::id(),
+            storage: {
+                let counters = self.store.counters();
+                StorageView {
+                    fsyncs: counters.fsyncs,
+                    frames_written: counters.frames_written,
+                    submissions: counters.submissions,
+                    log_bytes: counters.log_bytes,
+                }
+            },
+        }
+    }
+
+    /// Publishes the probe when it changed; `reply` is answered once it is durable.
+    async fn publish_probe(&mut self, probe: Probe, reply: oneshot::Sender<Answer>) {
+        let key = Arc::clone(&self.key);
+        match self.replica.publish_probe(&key, probe, now_ms()) {
+            Ok(Some(changes)) => {
+                info!("publishing this machine's probe");
+                self.write_then_answer(vec![Frame::Changes(changes)], Ok(Value::Null), reply).await;
+            }
+            Ok(None) => {
+                let _ = reply.send(Ok(Value::Null));
+            }
+            Err(error) => {
+                warn!(%error, "could not publish the probe");
+                let _ = reply.send(Err(error.to_error_body()));
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        if self.store.counters().log_bytes > COMPACT_ON_STOP_LOG_BYTES || self.needs_snapshot {
+            self.write_snapshot().await;
+        }
+        if let Err(error) = self.store.shutdown().await {
+            warn!(%error, "the store did not stop cleanly");
+        }
+    }
+}
+
+fn storage_failed() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, "the node could not write to its home (disk full?); the operation was not kept")
+        .retryable()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// How an answer is kept in the idempotency table: the JSON `{"ok": ...}` or `{"error": ...}`.
+fn encode_answer(answer: &Answer) -> Vec<u8> {
+    let value = match answer {
+        Ok(value) => serde_json::json!({ "ok": value }),
+        Err(error) => serde_json::json!({ "error": error }),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+fn decode_answer(bytes: &[u8]) -> Answer {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    if let Some(ok) = value.get("ok") {
+        return Ok(ok.clone());
+    }
+    match value.get("error").cloned().map(serde_json::from_value::<ErrorBody>) {
+        Some(Ok(error)) => Err(error),
+        _ => Err(ErrorBody::new(ErrorCode::Internal, "a kept answer for this request id is damaged")),
+    }
+}
