@@ -1,37 +1,52 @@
 //! How a task's plain fields sit in its Automerge map.
 //!
-//! Scalars are Automerge scalars; list fields (labels, requirements, checks, files) are one
-//! JSON string each, edited as a whole under Automerge's last-writer rule; `depends_on` is a
-//! nested map (`dependency id -> true`) so concurrent additions and removals merge.
-//! Reading is tolerant: a field a member wrote badly reads as its default.
+//! The creator writes one `spec` scalar (a JSON [`TaskSpec`] of every initial field) and the
+//! nested `depends_on` map (`dependency id -> true`, so concurrent additions and removals
+//! merge), in the change that creates the task: three operations for a task without
+//! dependencies. An edit writes single keys (`title`, `description`, `priority`, `requires`,
+//! `prefers`, `lease_ms`, `max_attempts`) that take precedence over the spec, each under
+//! Automerge's last-writer rule. Reading is tolerant: a field a member wrote badly reads as
+//! the spec's value, then the default.
 
 use std::collections::BTreeSet;
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 use meshwork_protocol::limits::{ATTEMPTS_DEFAULT, LEASE_MS_DEFAULT};
+use meshwork_protocol::task_spec::{TASK_SPEC_VERSION, TaskSpec};
 use meshwork_protocol::{NodeId, Requirement, Stamp, TaskId};
 
 use crate::document::{TopMaps, read_str};
 use crate::task::TaskFields;
 
-/// Creates a task: its map, every field, and its `depends_on` map, in one change.
+/// The spec a new task's fields are written as.
+fn spec_of(fields: &TaskFields) -> TaskSpec {
+    TaskSpec {
+        v: TASK_SPEC_VERSION,
+        title: fields.title.clone(),
+        description: fields.description.clone(),
+        priority: fields.priority,
+        labels: fields.labels.clone(),
+        requires: texts(&fields.requires),
+        prefers: texts(&fields.prefers),
+        checks: fields.checks.clone(),
+        files: fields.files.clone(),
+        lease_ms: fields.lease_ms,
+        max_attempts: fields.max_attempts,
+        needs_approval: fields.needs_approval,
+        created_by: fields.created_by.to_string(),
+        created_wall_ms: fields.created_at.wall_ms,
+        created_logical: fields.created_at.logical,
+    }
+}
+
+/// Creates a task: its map, its spec, and its `depends_on` map, in one change.
 pub fn write_new_task(tx: &mut Transaction<'_>, maps: &TopMaps, fields: &TaskFields) -> Result<(), AutomergeError> {
     let task = tx.put_object(&maps.tasks, fields.id.as_str(), ObjType::Map)?;
-    tx.put(&task, "title", fields.title.as_str())?;
-    tx.put(&task, "description", fields.description.as_str())?;
-    tx.put(&task, "priority", fields.priority)?;
-    tx.put(&task, "labels", json_list(&fields.labels))?;
-    tx.put(&task, "requires", json_list(&texts(&fields.requires)))?;
-    tx.put(&task, "prefers", json_list(&texts(&fields.prefers)))?;
-    tx.put(&task, "checks", json_list(&fields.checks))?;
-    tx.put(&task, "files", json_list(&fields.files))?;
-    tx.put(&task, "lease_ms", fields.lease_ms)?;
-    tx.put(&task, "max_attempts", u64::from(fields.max_attempts))?;
-    tx.put(&task, "needs_approval", fields.needs_approval)?;
-    tx.put(&task, "created_by", fields.created_by.to_string())?;
-    tx.put(&task, "created_wall_ms", fields.created_at.wall_ms)?;
-    tx.put(&task, "created_logical", u64::from(fields.created_at.logical))?;
+    // A struct of strings and numbers always serializes.
+    let spec = serde_json::to_string(&spec_of(fields)).unwrap_or_default();
+    assert!(!spec.is_empty(), "a task spec always serializes");
+    tx.put(&task, "spec", spec)?;
     let depends_on = tx.put_object(&task, "depends_on", ObjType::Map)?;
     for dependency in &fields.depends_on {
         tx.put(&depends_on, dependency.as_str(), true)?;
@@ -100,7 +115,8 @@ pub fn write_edit(
     Ok(())
 }
 
-/// Reads a task's fields from its map; `None` if the map lacks the creation fields.
+/// Reads a task's fields from its map: edited keys first, then the spec, then defaults.
+/// `None` if the map holds no readable spec with its creator (it is not a task).
 pub(crate) fn read_fields(doc: &Automerge, task: &ObjId, id: &TaskId) -> Option<TaskFields> {
     let scalar = |key: &str| -> Option<ScalarValue> {
         match doc.get(task, key).ok()?? {
@@ -111,39 +127,37 @@ pub(crate) fn read_fields(doc: &Automerge, task: &ObjId, id: &TaskId) -> Option<
     let uint = |key: &str| {
         scalar(key).and_then(|value| value.as_u64().or_else(|| value.as_i64().and_then(|v| u64::try_from(v).ok())))
     };
-    let created_by: NodeId = read_str(doc, task, "created_by")?.parse().ok()?;
-    let created_at = Stamp {
-        wall_ms: uint("created_wall_ms").unwrap_or(0),
-        logical: uint("created_logical").and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+    let spec: TaskSpec = serde_json::from_str(&read_str(doc, task, "spec")?).ok()?;
+    let created_by: NodeId = spec.created_by.parse().ok()?;
+    let list = |key: &str, initial: &[String]| match read_str(doc, task, key) {
+        Some(text) => serde_json::from_str(&text).unwrap_or_else(|_| initial.to_vec()),
+        None => initial.to_vec(),
     };
-    let list = |key: &str| read_json_list(read_str(doc, task, key).as_deref());
-    let requirements =
-        |key: &str| list(key).iter().filter_map(|text| text.parse::<Requirement>().ok()).collect::<Vec<_>>();
+    let requirements = |texts: Vec<String>| texts.iter().filter_map(|text| text.parse::<Requirement>().ok()).collect();
     let depends_on: BTreeSet<TaskId> = match doc.get(task, "depends_on").ok().flatten() {
         Some((Value::Object(ObjType::Map), object)) => {
             doc.keys(&object).filter_map(|key| TaskId::new(&key).ok()).collect()
         }
         _ => BTreeSet::new(),
     };
+    let lease_ms = uint("lease_ms").unwrap_or(spec.lease_ms);
+    let max_attempts = uint("max_attempts").and_then(|v| u32::try_from(v).ok()).unwrap_or(spec.max_attempts);
     Some(TaskFields {
         id: id.clone(),
-        title: read_str(doc, task, "title").unwrap_or_default(),
-        description: read_str(doc, task, "description").unwrap_or_default(),
-        priority: scalar("priority").and_then(|value| value.as_i64()).unwrap_or(0),
-        labels: list("labels"),
+        title: read_str(doc, task, "title").unwrap_or(spec.title),
+        description: read_str(doc, task, "description").unwrap_or(spec.description),
+        priority: scalar("priority").and_then(|value| value.as_i64()).unwrap_or(spec.priority),
+        labels: spec.labels,
         depends_on,
-        requires: requirements("requires"),
-        prefers: requirements("prefers"),
-        checks: list("checks"),
-        files: list("files"),
-        lease_ms: uint("lease_ms").filter(|lease| *lease > 0).unwrap_or(LEASE_MS_DEFAULT),
-        max_attempts: uint("max_attempts")
-            .and_then(|v| u32::try_from(v).ok())
-            .filter(|v| *v > 0)
-            .unwrap_or(ATTEMPTS_DEFAULT),
-        needs_approval: scalar("needs_approval").and_then(|value| value.as_bool()).unwrap_or(false),
+        requires: requirements(list("requires", &spec.requires)),
+        prefers: requirements(list("prefers", &spec.prefers)),
+        checks: spec.checks,
+        files: spec.files,
+        lease_ms: if lease_ms > 0 { lease_ms } else { LEASE_MS_DEFAULT },
+        max_attempts: if max_attempts > 0 { max_attempts } else { ATTEMPTS_DEFAULT },
+        needs_approval: spec.needs_approval,
         created_by,
-        created_at,
+        created_at: Stamp { wall_ms: spec.created_wall_ms, logical: spec.created_logical },
         id_conflicts: Vec::new(),
     })
 }
@@ -154,8 +168,4 @@ fn texts(requirements: &[Requirement]) -> Vec<String> {
 
 fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
-}
-
-fn read_json_list(text: Option<&str>) -> Vec<String> {
-    text.and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default()
 }

@@ -1,7 +1,7 @@
 //! Local operations: what an agent asks its node to do, checked against the derived state,
 //! written as one change each. Every refusal carries a contract error code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use meshwork_protocol::api::{AddTask, EditTask, HandoffRequest, TaskStatus};
 use meshwork_protocol::error::ErrorBody;
@@ -149,12 +149,9 @@ impl Replica {
         })
     }
 
-    fn dependency_edges(&self) -> BTreeMap<TaskId, BTreeSet<TaskId>> {
-        self.tasks().iter().map(|(id, entry)| (id.clone(), entry.fields.depends_on.clone())).collect()
-    }
-
     fn refuse_cycle(&self, task: &TaskId, dependencies: &BTreeSet<TaskId>) -> Result<(), OpError> {
-        if let Some(cycle) = cycle_through(task, dependencies, &self.dependency_edges()) {
+        if let Some(cycle) = cycle_through(task, dependencies, |id| self.task(id).map(|entry| &entry.fields.depends_on))
+        {
             let path: Vec<&str> = cycle.iter().map(TaskId::as_str).collect();
             return Err(OpError::refused(ErrorCode::InvalidInput, format!("dependency cycle: {}", path.join(" -> "))));
         }
@@ -222,7 +219,7 @@ impl Replica {
         };
         let message = format!("add {id} by {}", speaker.agent);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_new_task(tx, maps, &fields))?;
-        self.refresh_after_local(&id, now_ms);
+        self.insert_created(fields);
         Ok(Applied { changes, task: id })
     }
 

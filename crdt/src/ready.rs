@@ -1,6 +1,6 @@
 //! Readiness over `depends_on`, and the cycle check that guards edits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use meshwork_protocol::TaskId;
 use meshwork_protocol::api::TaskStatus;
@@ -28,11 +28,12 @@ pub fn is_ready(input: ReadyInput<'_>, status_of: impl Fn(&TaskId) -> Option<Tas
 }
 
 /// The cycle that making `task` depend on `new_dependencies` would close, as a path
-/// `task -> ... -> task`, or `None`. `edges` gives each task's current dependencies.
-pub fn cycle_through(
+/// `task -> ... -> task`, or `None`. `edges` gives a task's current dependencies; only the
+/// tasks reachable from the new dependencies are visited.
+pub fn cycle_through<'a>(
     task: &TaskId,
-    new_dependencies: &BTreeSet<TaskId>,
-    edges: &BTreeMap<TaskId, BTreeSet<TaskId>>,
+    new_dependencies: &'a BTreeSet<TaskId>,
+    edges: impl Fn(&TaskId) -> Option<&'a BTreeSet<TaskId>>,
 ) -> Option<Vec<TaskId>> {
     // Depth-first search from each new dependency back to `task`, keeping the path.
     let mut visited: BTreeSet<&TaskId> = BTreeSet::new();
@@ -45,7 +46,7 @@ pub fn cycle_through(
             if !visited.insert(current) {
                 continue;
             }
-            let next = if current == task { Some(new_dependencies) } else { edges.get(current) };
+            let next = if current == task { Some(new_dependencies) } else { edges(current) };
             for dependency in next.into_iter().flatten() {
                 let mut longer = path.clone();
                 longer.push(dependency.clone());
@@ -59,6 +60,7 @@ pub fn cycle_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn id(text: &str) -> TaskId {
         TaskId::new(text).unwrap()
@@ -74,10 +76,12 @@ mod tests {
         edges.insert(id("a"), set(&["b"]));
         edges.insert(id("b"), set(&["c"]));
         edges.insert(id("c"), set(&[]));
-        let cycle = cycle_through(&id("c"), &set(&["a"]), &edges).unwrap();
+        let lookup = |task: &TaskId| edges.get(task);
+        let (to_a, to_c) = (set(&["a"]), set(&["c"]));
+        let cycle = cycle_through(&id("c"), &to_a, lookup).unwrap();
         assert_eq!(cycle, vec![id("c"), id("a"), id("b"), id("c")]);
-        assert_eq!(cycle_through(&id("a"), &set(&["a"]), &edges), Some(vec![id("a"), id("a")]));
-        assert_eq!(cycle_through(&id("a"), &set(&["c"]), &edges), None);
+        assert_eq!(cycle_through(&id("a"), &to_a, lookup), Some(vec![id("a"), id("a")]));
+        assert_eq!(cycle_through(&id("a"), &to_c, lookup), None);
     }
 
     #[test]

@@ -207,6 +207,19 @@ impl Replica {
         self.tasks.insert(id.clone(), TaskEntry { fields, state });
     }
 
+    /// Takes in a task this node just created, without reading it back from the document
+    /// (a fresh task has no records yet, so its state needs nothing else).
+    pub(crate) fn insert_created(&mut self, fields: TaskFields) {
+        debug_assert_eq!(
+            self.doc.read_task(&fields.id).as_ref(),
+            Some(&fields),
+            "a created task reads back as written"
+        );
+        let context = ResolveContext { members: &self.members, probes: &self.probes };
+        let state = resolve(&fields, &[], context);
+        self.tasks.insert(fields.id.clone(), TaskEntry { fields, state });
+    }
+
     pub fn status_of(&self, id: &TaskId) -> Option<TaskStatus> {
         self.tasks.get(id).map(|entry| entry.state.status)
     }

@@ -135,6 +135,34 @@ pub(crate) enum Command {
     },
     /// Show this machine's capability probe
     Caps,
+    /// Measure a real node process and print a table (see docs/BENCHMARKS.md)
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// `meshwork bench ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Durable mutations (task add) through the local API, by number of concurrent clients
+    Node {
+        /// Operations per row
+        #[arg(long, default_value_t = 4000)]
+        ops: usize,
+        /// Concurrent clients, one row each
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
+        clients: Vec<usize>,
+    },
+    /// Time to the first answer and peak memory of a node holding many tasks
+    ColdStart {
+        /// Tasks in the queue
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Starts to measure
+        #[arg(long, default_value_t = 3)]
+        starts: usize,
+    },
 }
 
 /// `meshwork node ...`.
@@ -433,6 +461,13 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
         Command::Node { command: NodeCommand::Start(options) } => {
             crate::daemon::start(&home, options).map_err(|error| error_body(&error))
         }
+        Command::Bench { command } => {
+            let measured = match command {
+                BenchCommand::Node { ops, clients } => crate::bench::node(ops, &clients),
+                BenchCommand::ColdStart { tasks, starts } => crate::bench::cold_start(tasks, starts),
+            };
+            measured.map_err(|error| error_body(&error))
+        }
         Command::Caps => {
             let probe = crate::daemon::local_caps(&home).map_err(|error| error_body(&error))?;
             print_answer(global.json, &probe, crate::probe::render_probe)
@@ -556,8 +591,8 @@ fn note(text: Option<String>, percent: Option<u8>) -> Result<Option<Value>, Erro
     to_body(&meshwork_protocol::api::TaskNote { text: text.unwrap_or_default(), percent })
 }
 
-/// The request each command that talks to the node makes. `init`, `node start`, `caps` and
-/// `export` are handled before this.
+/// The request each command that talks to the node makes. `init`, `node start`, `caps`,
+/// `bench` and `export` are handled before this.
 fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
     let call = match command {
         Command::Node { command: NodeCommand::Status } => ApiCall::get("/v1/status".to_owned(), Answer::Status),
@@ -586,6 +621,7 @@ fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
         Command::Init { .. }
         | Command::Node { command: NodeCommand::Start(_) }
         | Command::Caps
+        | Command::Bench { .. }
         | Command::Export(_) => {
             return Err(ErrorBody::new(ErrorCode::Internal, "this command needs no request"));
         }

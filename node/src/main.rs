@@ -2,6 +2,7 @@
 //!
 //! Start at [`cli`] (the commands), then [`daemon`] (the node), [`store`] (durability).
 
+mod bench;
 mod cli;
 mod client;
 mod daemon;

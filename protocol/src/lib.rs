@@ -12,6 +12,7 @@ pub mod probe;
 pub mod record;
 pub mod requirement;
 pub mod task_id;
+pub mod task_spec;
 pub mod time;
 pub mod wire;
 

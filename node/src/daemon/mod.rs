@@ -26,7 +26,8 @@ use crate::cli::StartOptions;
 use crate::home::{Config, Home, MeshFile, default_node_name};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
 use crate::store::{self, StoreConfig, StoreHandle};
-use queue::{NodeFacts, QueueActor, RequestTable, now_ms};
+pub(crate) use queue::now_ms;
+use queue::{NodeFacts, QueueActor, RequestTable};
 
 /// `meshwork init`: creates the home, the key and a mesh of one. Run again, it reports the
 /// home as it is.
