@@ -23,9 +23,10 @@ use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
     ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc,
 };
-use meshwork_protocol::{NodeId, RecordId, SignedRecord, Stamp, TaskId};
+use meshwork_protocol::{NodeId, RecordId, SignedRecord, TaskId};
 use sha2::{Digest, Sha256};
 
+use crate::fields::NodeIdCache;
 use crate::resolve::StoredRecord;
 use crate::task::TaskFields;
 
@@ -224,13 +225,41 @@ impl QueueDoc {
     pub fn read_task(&self, id: &TaskId) -> Option<TaskFields> {
         let all = self.doc.get_all(&self.maps.tasks, id.as_str()).ok()?;
         let (_, object) = self.doc.get(&self.maps.tasks, id.as_str()).ok()??;
-        let mut fields = crate::fields::read_fields(&self.doc, &object, id)?;
+        let mut fields = crate::fields::read_fields(&self.doc, &object, id, &mut NodeIdCache::default())?;
         fields.id_conflicts = all
             .iter()
             .filter(|(_, other)| *other != object)
-            .filter_map(|(_, other)| read_str(&self.doc, other, "created_by")?.parse().ok())
+            .filter_map(|(_, other)| crate::fields::creator_of(&self.doc, other))
             .collect();
         Some(fields)
+    }
+
+    /// The fields of the tasks whose ids fall in `range`, in one pass over that part of the
+    /// `tasks` map, in id order.
+    pub fn read_tasks_in(&self, range: impl std::ops::RangeBounds<String>) -> Vec<TaskFields> {
+        let mut tasks = Vec::new();
+        let mut nodes = NodeIdCache::default();
+        for item in self.doc.map_range(&self.maps.tasks, range) {
+            let Ok(id) = TaskId::new(&item.key) else { continue };
+            let fields = if item.conflict {
+                self.read_task(&id)
+            } else {
+                crate::fields::read_fields(&self.doc, &item.id(), &id, &mut nodes)
+            };
+            tasks.extend(fields);
+        }
+        tasks
+    }
+
+    /// Every task's records in one pass over the `records` map.
+    pub fn read_all_task_records(&self) -> std::collections::BTreeMap<TaskId, Vec<StoredRecord>> {
+        let mut by_task: std::collections::BTreeMap<TaskId, Vec<StoredRecord>> = std::collections::BTreeMap::new();
+        for item in self.doc.map_range(&self.maps.records, ..) {
+            let Some((task, record)) = item.key.split_once('/') else { continue };
+            let Ok(task) = TaskId::new(task) else { continue };
+            by_task.entry(task).or_default().push(stored_record(record, &item.value));
+        }
+        by_task
     }
 
     /// The records stored under a task, decoded; undecodable bytes come back as `Invalid`.
@@ -239,9 +268,9 @@ impl QueueDoc {
         let end = format!("{id}0"); // '0' follows '/' in ASCII, and no id contains '/'.
         self.doc
             .map_range(&self.maps.records, start..end)
-            .map(|item| match value_bytes(&item.value).map(SignedRecord::decode) {
-                Some(Ok(signed)) if item.key.ends_with(&signed.id().to_string()) => StoredRecord::Valid(signed),
-                _ => StoredRecord::Invalid,
+            .map(|item| {
+                let record = item.key.split_once('/').map_or("", |(_, record)| record);
+                stored_record(record, &item.value)
             })
             .collect()
     }
@@ -258,21 +287,6 @@ impl QueueDoc {
             }
         }
         (valid, invalid)
-    }
-
-    /// The highest stamp on any record this node signed: a restarted clock starts after it.
-    pub fn highest_stamp_of(&self, node: &NodeId) -> Stamp {
-        let mut highest = Stamp::default();
-        for map in [&self.maps.records, &self.maps.members, &self.maps.probes] {
-            for item in self.doc.map_range(map, ..) {
-                if let Some(Ok(signed)) = value_bytes(&item.value).map(SignedRecord::decode)
-                    && signed.record().signer == *node
-                {
-                    highest = highest.max(signed.record().stamp);
-                }
-            }
-        }
-        highest
     }
 
     /// The highest boot number of this node that appears among the document's actors.
@@ -305,6 +319,15 @@ pub(crate) fn read_str(doc: &Automerge, object: &ObjId, key: &str) -> Option<Str
     match doc.get(object, key).ok()?? {
         (automerge::Value::Scalar(value), _) => value.as_str().map(str::to_owned),
         _ => None,
+    }
+}
+
+/// A record entry of the `records` map: valid when it decodes, verifies, and sits under
+/// its own id.
+fn stored_record(key_record_id: &str, value: &automerge::ValueRef<'_>) -> StoredRecord {
+    match value_bytes(value).map(SignedRecord::decode) {
+        Some(Ok(signed)) if key_record_id == signed.id().to_string() => StoredRecord::Valid(signed),
+        _ => StoredRecord::Invalid,
     }
 }
 

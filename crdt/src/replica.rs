@@ -14,7 +14,7 @@ use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, no
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::ready::{self, ReadyInput};
-use crate::resolve::{ResolveContext, TaskState, resolve};
+use crate::resolve::{ResolveContext, StoredRecord, TaskState, resolve};
 use crate::task::TaskFields;
 
 /// One task as the replica knows it.
@@ -34,8 +34,12 @@ pub struct Replica {
     members: MemberSet,
     probes: ProbeBook,
     tasks: BTreeMap<TaskId, TaskEntry>,
-    /// Membership and probe entries that did not decode.
-    undecodable_flat: u32,
+    /// The newest stamp on any record this node signed, as of the last rebuild.
+    own_stamp_max: Stamp,
+    /// Membership entries that did not decode.
+    undecodable_members: u32,
+    /// Probe entries that did not decode.
+    undecodable_probes: u32,
 }
 
 /// The founding of a new mesh: the replica and the changes to persist.
@@ -85,18 +89,22 @@ impl Replica {
     /// Wraps a loaded document for this node's boot and derives every task's state.
     pub fn open(node: NodeId, boot: u32, mut doc: QueueDoc) -> Replica {
         doc.set_actor(actor_for(&node, boot));
-        let hlc = Hlc::starting_after(doc.highest_stamp_of(&node));
         let mut replica = Replica {
             doc,
             node,
             mesh: None,
-            hlc,
+            hlc: Hlc::default(),
             members: MemberSet::default(),
             probes: ProbeBook::default(),
             tasks: BTreeMap::new(),
-            undecodable_flat: 0,
+            own_stamp_max: Stamp::default(),
+            undecodable_members: 0,
+            undecodable_probes: 0,
         };
         replica.rebuild();
+        // The clock restarts after the newest stamp this node ever signed, so its stamps never
+        // run backwards across restarts even if the wall clock did.
+        replica.hlc = Hlc::starting_after(replica.own_stamp_max);
         replica
     }
 
@@ -140,7 +148,8 @@ impl Replica {
     /// Records ignored everywhere in the document: forged, malformed, from non-members.
     pub fn rejected_records(&self) -> u64 {
         let tasks: u64 = self.tasks.values().map(|entry| u64::from(entry.state.rejected)).sum();
-        tasks + u64::from(self.members.rejected) + u64::from(self.probes.rejected) + u64::from(self.undecodable_flat)
+        let undecodable = u64::from(self.undecodable_members) + u64::from(self.undecodable_probes);
+        tasks + u64::from(self.members.rejected) + u64::from(self.probes.rejected) + undecodable
     }
 
     /// Signs a record in this node's name, stamped now.
@@ -167,9 +176,12 @@ impl Replica {
 
     /// Refreshes the derived state after the document changed.
     pub fn refresh(&mut self, touched: &Touched, now_ms: u64) {
-        if touched.members || touched.probes || touched.meta {
+        if touched.members || touched.meta {
             self.rebuild();
         } else {
+            if touched.probes {
+                self.refresh_probes();
+            }
             for id in &touched.tasks {
                 self.refresh_task(id);
             }
@@ -187,12 +199,50 @@ impl Replica {
         let maps = self.doc.maps().clone();
         let (members, bad_members) = self.doc.read_flat_records(&maps.members);
         let (probes, bad_probes) = self.doc.read_flat_records(&maps.probes);
-        self.undecodable_flat = bad_members + bad_probes;
+        (self.undecodable_members, self.undecodable_probes) = (bad_members, bad_probes);
+        let own = |records: &[SignedRecord]| -> Stamp {
+            let signed_here = records.iter().filter(|signed| signed.record().signer == self.node);
+            signed_here.map(|signed| signed.record().stamp).max().unwrap_or_default()
+        };
+        self.own_stamp_max = own(&members).max(own(&probes));
         self.members = self.mesh.map(|mesh| MemberSet::derive(mesh, &members)).unwrap_or_default();
         self.probes = ProbeBook::derive(&probes, &self.members);
         self.tasks.clear();
-        for id in self.doc.task_ids() {
-            self.refresh_task(&id);
+        let mut records = self.doc.read_all_task_records();
+        let context = ResolveContext { members: &self.members, probes: &self.probes };
+        for fields in self.doc.read_tasks_in(..) {
+            let stored = records.remove(&fields.id).unwrap_or_default();
+            for record in &stored {
+                if let StoredRecord::Valid(signed) = record
+                    && signed.record().signer == self.node
+                {
+                    self.own_stamp_max = self.own_stamp_max.max(signed.record().stamp);
+                }
+            }
+            let state = resolve(&fields, &stored, context);
+            self.tasks.insert(fields.id.clone(), TaskEntry { fields, state });
+        }
+    }
+
+    /// Probes changed: only tasks with hard requirements consult probes, so only they are
+    /// resolved again (their fields did not change).
+    fn refresh_probes(&mut self) {
+        let maps = self.doc.maps().clone();
+        let (probes, bad_probes) = self.doc.read_flat_records(&maps.probes);
+        self.undecodable_probes = bad_probes;
+        self.probes = ProbeBook::derive(&probes, &self.members);
+        let gated: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|entry| !entry.fields.requires.is_empty())
+            .map(|entry| entry.fields.id.clone())
+            .collect();
+        let context = ResolveContext { members: &self.members, probes: &self.probes };
+        for id in gated {
+            let stored = self.doc.read_task_records(&id);
+            if let Some(entry) = self.tasks.get_mut(&id) {
+                entry.state = resolve(&entry.fields, &stored, context);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! A task's initial fields as its creator writes them: one JSON scalar (`spec`) in the
 //! task's map, so creating a task costs one Automerge operation instead of one per field.
-//! Edits write single keys (`title`, `priority`, ...) that take precedence over the spec.
+//! Edits write single keys (`title`, `priority`, ...) that take precedence over the spec,
+//! and `dep:ID` keys (`true` adds a dependency, `false` removes one).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,8 @@ pub struct TaskSpec {
     pub prefers: Vec<String>,
     pub checks: Vec<String>,
     pub files: Vec<String>,
+    /// Task ids this task waits for, as created; edits add or remove through `dep:ID` keys.
+    pub depends_on: Vec<String>,
     pub lease_ms: u64,
     pub max_attempts: u32,
     pub needs_approval: bool,

@@ -124,6 +124,7 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     let mut boot = store::next_boot(home.root())?;
     let (writer, recovered) = store::open(&home.doc_dir(), StoreConfig::default())?;
     let mut skipped: Vec<String> = recovered.skipped.iter().map(ToString::to_string).collect();
+    let loading = std::time::Instant::now();
     let (doc, bad_chunks) = QueueDoc::load(recovered.snapshot.as_deref(), &recovered.changes)
         .with_context(|| format!("the document in {} cannot be loaded", home.doc_dir().display()))?;
     skipped.extend(
@@ -139,7 +140,15 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     for line in &skipped {
         warn!("skipped while loading: {line}");
     }
+    let loaded_ms = loading.elapsed().as_millis();
+    let deriving = std::time::Instant::now();
     let replica = Replica::open(key.node_id(), boot, doc);
+    info!(
+        tasks = replica.tasks().len(),
+        load_ms = loaded_ms,
+        derive_ms = deriving.elapsed().as_millis(),
+        "loaded the document and derived every task's state"
+    );
     if replica.mesh().is_none() {
         bail!(
             "the document in {} has no mesh; run `meshwork init --home {}`",
