@@ -7,8 +7,8 @@
 //! meta     schema, mesh_id, mesh_name
 //! members  "<node_id>/<record_id>" -> signed membership record (bytes)
 //! probes   "<node_id>/<record_id>" -> signed probe record (bytes)
-//! tasks    "<task_id>" -> map of plain fields, with a nested "depends_on" map created in
-//!          the same change as the task
+//! tasks    "<task_id>" -> map: a "spec" scalar of the initial fields, and edited keys
+//!          ("title", "dep:<task_id>", ...), no nested objects (see fields.rs)
 //! records  "<task_id>/<record_id>" -> signed task record (bytes)
 //! leases   reserved for named locks
 //! inbox    "<agent@node>/<message_id>" -> message map

@@ -11,8 +11,7 @@ pub fn node_key(seed: u8) -> NodeKey {
 /// The self-signed founding record of a mesh founded by `key` at `wall_ms`.
 pub fn founding_record(key: &NodeKey, wall_ms: u64) -> (MeshId, SignedRecord) {
     let mesh = MeshId::derive(&key.node_id(), wall_ms);
-    let record = membership_body(key, mesh, wall_ms, MembershipAction::Add, key);
-    (mesh, record)
+    (mesh, membership_record(key, mesh, wall_ms, MembershipAction::Add, key))
 }
 
 /// A membership record signed by `signer` about `member`.
@@ -23,33 +22,9 @@ pub fn membership_record(
     action: MembershipAction,
     member: &NodeKey,
 ) -> SignedRecord {
-    membership_body(signer, mesh, wall_ms, action, member)
-}
-
-fn membership_body(
-    signer: &NodeKey,
-    mesh: MeshId,
-    wall_ms: u64,
-    action: MembershipAction,
-    member: &NodeKey,
-) -> SignedRecord {
-    let record = Record {
-        version: RECORD_VERSION,
-        mesh,
-        signer: signer.node_id(),
-        agent: None,
-        stamp: Stamp { wall_ms, logical: 0 },
-        body: RecordBody::Membership(Membership {
-            action,
-            member: member.node_id(),
-            name: format!("node-{}", &member.node_id().to_string()[..12]),
-            roles: Vec::new(),
-        }),
-    };
-    match SignedRecord::sign(record, signer) {
-        Ok(signed) => signed,
-        Err(error) => panic!("test membership record must sign: {error}"),
-    }
+    let name = format!("node-{}", &member.node_id().to_string()[..12]);
+    let body = RecordBody::Membership(Membership { action, member: member.node_id(), name, roles: Vec::new() });
+    signed(signer, mesh, Stamp { wall_ms, logical: 0 }, None, body)
 }
 
 /// Signs any record body for tests.
