@@ -99,7 +99,7 @@ pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(run(home, options))
+    runtime.block_on(run(home))
 }
 
 /// Logs to stderr; `MESHWORK_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
@@ -160,7 +160,7 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped })
 }
 
-async fn run(home: Home, options: StartOptions) -> anyhow::Result<()> {
+async fn run(home: Home) -> anyhow::Result<()> {
     let _lock = home.lock()?;
     let key = Arc::new(home.load_key()?);
     let config = home.load_config()?;
@@ -181,7 +181,6 @@ async fn run(home: Home, options: StartOptions) -> anyhow::Result<()> {
         needs_snapshot: false,
         write_failed: Arc::default(),
     };
-    let _ = options;
     // With no probe of this machine in the document yet (a first start), gates could refuse
     // every task with requirements: probe before serving. Later starts serve at once with
     // the stored probe and refresh it in the background.

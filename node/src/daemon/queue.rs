@@ -231,13 +231,13 @@ impl QueueActor {
     ) {
         let request_key = request_id.as_deref().map(|id| RequestTable::key(&agent, id));
         if let Some(entry) = request_key.as_deref().and_then(|key| self.requests.get(key)) {
-            // A retry: answer as the first time, once everything before it is durable.
+            // A retry: answer as the first time, once everything before it is durable. Retries
+            // are rare, so the actor waits here: if the first attempt's write failed, the
+            // repair (a whole snapshot) must succeed before the kept answer is given.
             let answer = decode_answer(&entry.response);
-            let barrier = self.store.submit(Vec::new()).await;
-            tokio::spawn(async move {
-                let _ = barrier.await;
-                let _ = reply.send(answer);
-            });
+            let _ = self.store.submit(Vec::new()).await.await;
+            let answer = if self.repair_after_failed_write().await { answer } else { Err(storage_failed()) };
+            let _ = reply.send(answer);
             return;
         }
         let now = now_ms();
@@ -267,10 +267,7 @@ impl QueueActor {
             let _ = reply.send(answer);
             return;
         }
-        if self.write_failed.swap(false, Ordering::AcqRel) {
-            self.needs_snapshot = true;
-        }
-        if self.needs_snapshot && !self.write_snapshot().await {
+        if !self.repair_after_failed_write().await {
             let _ = reply.send(Err(storage_failed()));
             return;
         }
@@ -291,6 +288,15 @@ impl QueueActor {
         if self.store.counters().log_bytes > COMPACT_LOG_BYTES {
             self.write_snapshot().await;
         }
+    }
+
+    /// After a failed write, changes exist in memory that no file holds: store a whole
+    /// snapshot before anything else. True when nothing is missing from the files.
+    async fn repair_after_failed_write(&mut self) -> bool {
+        if self.write_failed.swap(false, Ordering::AcqRel) {
+            self.needs_snapshot = true;
+        }
+        !self.needs_snapshot || self.write_snapshot().await
     }
 
     /// Writes the whole document and the request table as a snapshot; true when durable.
