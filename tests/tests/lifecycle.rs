@@ -255,3 +255,30 @@ fn requirements_this_machine_meets_pass_the_gate_from_the_first_start() {
     let caps = node.ok(&["caps"]);
     assert_eq!(caps["os"], "linux");
 }
+
+/// Edit, approve and cancel through the CLI; the API socket is private to its owner.
+#[test]
+fn edit_approve_and_cancel_through_the_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = TestNode::start(BIN);
+    let mode = std::fs::metadata(node.home().join("node.sock")).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket is private");
+
+    node.ok(&["task", "add", "draft", "--id", "E", "--priority", "1"]);
+    let edited = node.ok(&["task", "edit", "E", "--title", "final", "--priority", "-3", "--description", "now clear"]);
+    assert_eq!((edited["title"].as_str(), edited["priority"].as_i64()), (Some("final"), Some(-3)));
+    assert_eq!(edited["description"], "now clear");
+
+    node.ok(&["task", "add", "gated", "--id", "P", "--needs-approval"]);
+    assert_eq!(node.ok(&["task", "show", "P"])["ready"], false);
+    let approved = node.ok(&["approve", "P"]);
+    assert_eq!((approved["approved"].as_bool(), approved["ready"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(node.ok(&["claim", "P"])["status"], "claimed");
+
+    let cancelled = node.ok(&["task", "cancel", "E", "--reason", "not needed"]);
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["cancelled"]["reason"], "not needed");
+    assert_eq!(node.cli(&["claim", "E", "--json"]).error_code(), "INVALID_TRANSITION");
+    node.ok(&["done", "P"]);
+    assert_eq!(node.cli(&["task", "cancel", "P", "--json"]).error_code(), "INVALID_TRANSITION");
+}
