@@ -17,7 +17,7 @@
 //! Records sit under flat composite keys, not in per-task maps, so that two nodes creating
 //! the same task id offline can never hide each other's records (invariant 3, nothing lost).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
@@ -251,26 +251,33 @@ impl QueueDoc {
         tasks
     }
 
-    /// Every task's records in one pass over the `records` map.
-    pub fn read_all_task_records(&self) -> std::collections::BTreeMap<TaskId, Vec<StoredRecord>> {
-        let mut by_task: std::collections::BTreeMap<TaskId, Vec<StoredRecord>> = std::collections::BTreeMap::new();
+    /// Every task's records in one pass over the `records` map. Records in `verified` skip
+    /// the signature check (see [`SignedRecord::decode_unless_verified`]).
+    pub fn read_all_task_records(&self, verified: &BTreeSet<RecordId>) -> BTreeMap<TaskId, Vec<StoredRecord>> {
+        let mut by_task: BTreeMap<TaskId, Vec<StoredRecord>> = BTreeMap::new();
         for item in self.doc.map_range(&self.maps.records, ..) {
             let Some((task, record)) = item.key.split_once('/') else { continue };
             let Ok(task) = TaskId::new(task) else { continue };
-            by_task.entry(task).or_default().push(stored_record(record, &item.value));
+            by_task.entry(task).or_default().push(stored_record(record, &item.value, verified));
         }
         by_task
     }
 
-    /// The records stored under a task, decoded; undecodable bytes come back as `Invalid`.
+    /// The records stored under a task, decoded and verified; undecodable or forged bytes
+    /// come back as `Invalid`.
     pub fn read_task_records(&self, id: &TaskId) -> Vec<StoredRecord> {
+        self.read_task_records_verified(id, &BTreeSet::new())
+    }
+
+    /// [`QueueDoc::read_task_records`], skipping the signature check of records in `verified`.
+    pub fn read_task_records_verified(&self, id: &TaskId, verified: &BTreeSet<RecordId>) -> Vec<StoredRecord> {
         let start = format!("{id}/");
         let end = format!("{id}0"); // '0' follows '/' in ASCII, and no id contains '/'.
         self.doc
             .map_range(&self.maps.records, start..end)
             .map(|item| {
                 let record = item.key.split_once('/').map_or("", |(_, record)| record);
-                stored_record(record, &item.value)
+                stored_record(record, &item.value, verified)
             })
             .collect()
     }
@@ -324,8 +331,10 @@ pub(crate) fn read_str(doc: &Automerge, object: &ObjId, key: &str) -> Option<Str
 
 /// A record entry of the `records` map: valid when it decodes, verifies, and sits under
 /// its own id.
-fn stored_record(key_record_id: &str, value: &automerge::ValueRef<'_>) -> StoredRecord {
-    match value_bytes(value).map(SignedRecord::decode) {
+fn stored_record(key_record_id: &str, value: &automerge::ValueRef<'_>, verified: &BTreeSet<RecordId>) -> StoredRecord {
+    let decoded =
+        value_bytes(value).map(|bytes| SignedRecord::decode_unless_verified(bytes, |id| verified.contains(id)));
+    match decoded {
         Some(Ok(signed)) if key_record_id == signed.id().to_string() => StoredRecord::Valid(signed),
         _ => StoredRecord::Invalid,
     }

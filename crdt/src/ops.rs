@@ -284,6 +284,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Applied, OpError> {
         let signed = self.sign(speaker.key, Some(speaker.agent.clone()), body, now_ms)?;
+        self.note_signed(&signed);
         if self
             .task(id)
             .is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX)

@@ -4,11 +4,13 @@
 //! their records, each task's [`TaskState`] from [`resolve`]. After any change the touched
 //! tasks are resolved again; a membership or probe change resolves every task again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::record::{Membership, MembershipAction, RECORD_VERSION};
-use meshwork_protocol::{AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, SignedRecord, Stamp, TaskId};
+use meshwork_protocol::{
+    AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId,
+};
 
 use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, node_record_key};
 use crate::membership::MemberSet;
@@ -36,6 +38,10 @@ pub struct Replica {
     tasks: BTreeMap<TaskId, TaskEntry>,
     /// The newest stamp on any record this node signed, as of the last rebuild.
     own_stamp_max: Stamp,
+    /// Records whose signature verified once: a record id is a hash of its signed bytes, so
+    /// the check need not run again for the same id (a task's records are read again after
+    /// every change to it).
+    verified: BTreeSet<RecordId>,
     /// Membership entries that did not decode.
     undecodable_members: u32,
     /// Probe entries that did not decode.
@@ -87,7 +93,14 @@ impl Replica {
     }
 
     /// Wraps a loaded document for this node's boot and derives every task's state.
-    pub fn open(node: NodeId, boot: u32, mut doc: QueueDoc) -> Replica {
+    pub fn open(node: NodeId, boot: u32, doc: QueueDoc) -> Replica {
+        Replica::open_with_verified(node, boot, doc, BTreeSet::new())
+    }
+
+    /// [`Replica::open`], trusting that the records in `verified` were verified before (by
+    /// this node, as its verified-records cache says), so their signatures are not checked
+    /// again.
+    pub fn open_with_verified(node: NodeId, boot: u32, mut doc: QueueDoc, verified: BTreeSet<RecordId>) -> Replica {
         doc.set_actor(actor_for(&node, boot));
         let mut replica = Replica {
             doc,
@@ -98,6 +111,7 @@ impl Replica {
             probes: ProbeBook::default(),
             tasks: BTreeMap::new(),
             own_stamp_max: Stamp::default(),
+            verified,
             undecodable_members: 0,
             undecodable_probes: 0,
         };
@@ -208,15 +222,16 @@ impl Replica {
         self.members = self.mesh.map(|mesh| MemberSet::derive(mesh, &members)).unwrap_or_default();
         self.probes = ProbeBook::derive(&probes, &self.members);
         self.tasks.clear();
-        let mut records = self.doc.read_all_task_records();
+        let mut records = self.doc.read_all_task_records(&self.verified);
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         for fields in self.doc.read_tasks_in(..) {
             let stored = records.remove(&fields.id).unwrap_or_default();
             for record in &stored {
-                if let StoredRecord::Valid(signed) = record
-                    && signed.record().signer == self.node
-                {
-                    self.own_stamp_max = self.own_stamp_max.max(signed.record().stamp);
+                if let StoredRecord::Valid(signed) = record {
+                    self.verified.insert(signed.id());
+                    if signed.record().signer == self.node {
+                        self.own_stamp_max = self.own_stamp_max.max(signed.record().stamp);
+                    }
                 }
             }
             let state = resolve(&fields, &stored, context);
@@ -239,7 +254,7 @@ impl Replica {
             .collect();
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         for id in gated {
-            let stored = self.doc.read_task_records(&id);
+            let stored = self.doc.read_task_records_verified(&id, &self.verified);
             if let Some(entry) = self.tasks.get_mut(&id) {
                 entry.state = resolve(&entry.fields, &stored, context);
             }
@@ -251,10 +266,29 @@ impl Replica {
             self.tasks.remove(id);
             return;
         };
-        let stored = self.doc.read_task_records(id);
+        let stored = self.doc.read_task_records_verified(id, &self.verified);
+        self.remember_verified(&stored);
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         let state = resolve(&fields, &stored, context);
         self.tasks.insert(id.clone(), TaskEntry { fields, state });
+    }
+
+    /// The ids of every record whose signature verified, for the verified-records cache.
+    pub fn verified_records(&self) -> impl Iterator<Item = &RecordId> {
+        self.verified.iter()
+    }
+
+    /// A record this node just signed needs no check when it is read back.
+    pub(crate) fn note_signed(&mut self, signed: &SignedRecord) {
+        self.verified.insert(signed.id());
+    }
+
+    fn remember_verified(&mut self, stored: &[StoredRecord]) {
+        for record in stored {
+            if let StoredRecord::Valid(signed) = record {
+                self.verified.insert(signed.id());
+            }
+        }
     }
 
     /// Takes in a task this node just created, without reading it back from the document

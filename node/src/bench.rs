@@ -102,27 +102,41 @@ fn meshwork(home: &Path) -> Command {
     command
 }
 
-/// Adds `count` tasks from one client; returns each request's latency.
-async fn add_tasks(home: &Path, client_index: usize, count: usize) -> anyhow::Result<Vec<Duration>> {
+/// Adds `count` tasks from one client, and with `finish` claims and finishes each (three
+/// signed records a task); returns each addition's latency.
+async fn add_tasks(home: &Path, client_index: usize, count: usize, finish: bool) -> anyhow::Result<Vec<Duration>> {
     let mut client = Client::connect(home).await?.with_agent(&format!("bench-{client_index}"))?;
     let mut latencies = Vec::with_capacity(count);
     for index in 0..count {
         let body = json!({ "title": format!("bench task {client_index}-{index}"), "priority": index % 10 });
         let started = Instant::now();
-        client.request(Method::POST, "/v1/tasks", Some(body)).await?;
+        let added = client.request(Method::POST, "/v1/tasks", Some(body)).await?;
         latencies.push(started.elapsed());
+        if finish {
+            let id = added.json::<serde_json::Value>()?["id"].as_str().unwrap_or_default().to_owned();
+            client.request(Method::POST, "/v1/claim", Some(json!({ "task": id }))).await?;
+            client
+                .request(Method::POST, &format!("/v1/tasks/{id}/progress"), Some(json!({ "text": "working" })))
+                .await?;
+            client.request(Method::POST, &format!("/v1/tasks/{id}/done"), Some(json!({ "text": "done" }))).await?;
+        }
     }
     Ok(latencies)
 }
 
 /// Runs `clients` concurrent clients adding `ops` tasks in all; returns latencies and wall time.
-async fn concurrent_adds(home: &Path, clients: usize, ops: usize) -> anyhow::Result<(Vec<Duration>, Duration)> {
+async fn concurrent_adds(
+    home: &Path,
+    clients: usize,
+    ops: usize,
+    finish: bool,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client_index in 0..clients {
         let home = home.to_owned();
         let share = ops / clients + usize::from(client_index < ops % clients);
-        tasks.push(tokio::spawn(async move { add_tasks(&home, client_index, share).await }));
+        tasks.push(tokio::spawn(async move { add_tasks(&home, client_index, share, finish).await }));
     }
     let mut latencies = Vec::with_capacity(ops);
     for task in tasks {
@@ -148,7 +162,7 @@ pub(crate) fn node(ops: usize, clients: &[usize]) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut node = BenchNode::create("node")?;
         node.start().await?;
-        concurrent_adds(&node.home, 1, 200).await?; // warm up
+        concurrent_adds(&node.home, 1, 200, false).await?; // warm up
         println!("durable mutations (task add) through the local API, {ops} per row");
         println!(
             "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10}",
@@ -156,7 +170,7 @@ pub(crate) fn node(ops: usize, clients: &[usize]) -> anyhow::Result<()> {
         );
         for &count in clients {
             let before = node.status().await?.storage;
-            let (mut latencies, wall) = concurrent_adds(&node.home, count, ops).await?;
+            let (mut latencies, wall) = concurrent_adds(&node.home, count, ops, false).await?;
             let after = node.status().await?.storage;
             latencies.sort();
             let fsyncs = (after.fsyncs - before.fsyncs) as f64 / ops as f64;
@@ -173,13 +187,14 @@ pub(crate) fn node(ops: usize, clients: &[usize]) -> anyhow::Result<()> {
 }
 
 /// `meshwork bench cold-start`.
-pub(crate) fn cold_start(tasks: usize, starts: usize) -> anyhow::Result<()> {
+pub(crate) fn cold_start(tasks: usize, starts: usize, finish: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut node = BenchNode::create("cold")?;
         node.start().await?;
         let filling = Instant::now();
-        concurrent_adds(&node.home, 16, tasks).await?;
-        println!("filled {tasks} tasks in {:.1} s", filling.elapsed().as_secs_f64());
+        concurrent_adds(&node.home, 16, tasks, finish).await?;
+        let records = if finish { " (each claimed, with progress, done)" } else { "" };
+        println!("filled {tasks} tasks{records} in {:.1} s", filling.elapsed().as_secs_f64());
         node.stop().await?;
         let disk = dir_bytes(&node.home.join("doc"));
         println!("document on disk: {:.1} MiB", disk as f64 / (1024.0 * 1024.0));

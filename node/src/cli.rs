@@ -162,6 +162,9 @@ pub(crate) enum BenchCommand {
         /// Starts to measure
         #[arg(long, default_value_t = 3)]
         starts: usize,
+        /// Claim, report progress on and finish every task (three signed records each)
+        #[arg(long)]
+        finish: bool,
     },
 }
 
@@ -464,7 +467,7 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
         Command::Bench { command } => {
             let measured = match command {
                 BenchCommand::Node { ops, clients } => crate::bench::node(ops, &clients),
-                BenchCommand::ColdStart { tasks, starts } => crate::bench::cold_start(tasks, starts),
+                BenchCommand::ColdStart { tasks, starts, finish } => crate::bench::cold_start(tasks, starts, finish),
             };
             measured.map_err(|error| error_body(&error))
         }

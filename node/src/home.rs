@@ -6,6 +6,7 @@
 //! HOME/mesh.json     mesh id and name, so `init` can answer without the document
 //! HOME/doc/          snapshots and change logs (see store)
 //! HOME/boot          boot counter (see store::next_boot)
+//! HOME/verified.bin  ids of records whose signatures verified (a cache; damage is ignored)
 //! HOME/node.sock     local API socket, mode 0600, while a node runs
 //! HOME/node.lock     held (flock) by the running node
 //! ```
@@ -71,6 +72,11 @@ impl Home {
 
     pub(crate) fn doc_dir(&self) -> PathBuf {
         self.root.join(meshwork_protocol::storage::DOC_DIR_NAME)
+    }
+
+    /// The verified-records cache (`protocol::verified_cache`).
+    pub(crate) fn verified_cache_path(&self) -> PathBuf {
+        self.root.join("verified.bin")
     }
 
     pub(crate) fn socket_path(&self) -> PathBuf {

@@ -14,6 +14,7 @@ pub mod requirement;
 pub mod task_id;
 pub mod task_spec;
 pub mod time;
+pub mod verified_cache;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -177,6 +177,16 @@ impl SignedRecord {
     /// Decodes and verifies signed bytes: size, version, canonical encoding, limits and
     /// signature. Whether the signer may sign (membership) is the resolver's question.
     pub fn decode(bytes: &[u8]) -> Result<SignedRecord, RecordError> {
+        SignedRecord::decode_unless_verified(bytes, |_| false)
+    }
+
+    /// [`SignedRecord::decode`], skipping the signature check for a record whose id the
+    /// caller has seen verify before. The id is a hash over the signed bytes, so equal ids
+    /// mean equal bytes and the earlier check holds; every other check still runs.
+    pub fn decode_unless_verified(
+        bytes: &[u8],
+        verified_before: impl Fn(&RecordId) -> bool,
+    ) -> Result<SignedRecord, RecordError> {
         if bytes.len() > RECORD_BYTES_MAX {
             return Err(RecordError::TooLarge(bytes.len()));
         }
@@ -194,10 +204,11 @@ impl SignedRecord {
         record.check_limits()?;
         let signature: &[u8; SIGNATURE_BYTES] =
             signature.try_into().map_err(|_| RecordError::Malformed("signature length"))?;
-        if !record.signer.verify(&signature_message(record_bytes), signature) {
+        let id = record_id(bytes);
+        if !verified_before(&id) && !record.signer.verify(&signature_message(record_bytes), signature) {
             return Err(RecordError::BadSignature);
         }
-        Ok(SignedRecord { record, bytes: bytes.to_vec(), id: record_id(bytes) })
+        Ok(SignedRecord { record, bytes: bytes.to_vec(), id })
     }
 
     pub fn record(&self) -> &Record {
@@ -374,6 +385,22 @@ mod tests {
             Err(RecordError::TooLarge(RECORD_BYTES_MAX + 1))
         );
         assert!(SignedRecord::decode(&[]).is_err());
+    }
+
+    /// Remembering a verified id skips the signature check for exactly those bytes: a
+    /// forgery of the same record has other bytes, so another id, and is still checked.
+    #[test]
+    fn a_remembered_id_skips_the_signature_check_only_for_the_same_bytes() {
+        let key = NodeKey::from_seed([1; 32]);
+        let signed = SignedRecord::sign(claim_record(&key), &key).unwrap();
+        let remembered = signed.id();
+        let again = SignedRecord::decode_unless_verified(signed.bytes(), |id| *id == remembered).unwrap();
+        assert_eq!(again, signed);
+        let mut forged = signed.bytes().to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x01;
+        let checked = SignedRecord::decode_unless_verified(&forged, |id| *id == remembered);
+        assert_eq!(checked, Err(RecordError::BadSignature));
     }
 
     /// A record signed by one key but naming another signer fails verification.

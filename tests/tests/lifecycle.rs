@@ -282,3 +282,21 @@ fn edit_approve_and_cancel_through_the_cli() {
     node.ok(&["done", "P"]);
     assert_eq!(node.cli(&["task", "cancel", "P", "--json"]).error_code(), "INVALID_TRANSITION");
 }
+
+/// The verified-records cache is only a cache: damaged, it is ignored and every signature is
+/// checked; the queue comes back whole.
+#[test]
+fn a_damaged_verified_records_cache_is_ignored() {
+    let mut node = TestNode::start(BIN);
+    node.ok(&["task", "add", "a", "--id", "A"]);
+    node.ok(&["claim", "A"]);
+    node.ok(&["done", "A", "--summary", "ok"]);
+    let before = node.ok(&["export"]);
+    node.terminate();
+    let cache = node.home().join("verified.bin");
+    assert!(cache.exists(), "a clean stop writes the cache");
+    std::fs::write(&cache, b"not a cache").expect("damage the cache");
+    node.launch();
+    assert_eq!(node.ok(&["export"]), before);
+    assert_eq!(node.ok(&["node", "status"])["rejected_records"], 0);
+}

@@ -102,6 +102,20 @@ pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
     runtime.block_on(run(home))
 }
 
+/// The verified-records cache, or an empty set when it is missing or damaged (then every
+/// signature is checked, which only takes longer).
+fn read_verified_cache(home: &Home) -> std::collections::BTreeSet<meshwork_protocol::RecordId> {
+    let path = home.verified_cache_path();
+    let Ok(bytes) = fs::read(&path) else { return Default::default() };
+    match meshwork_protocol::verified_cache::decode_verified_cache(&bytes) {
+        Some(ids) => ids.into_iter().collect(),
+        None => {
+            warn!(path = %path.display(), "the verified-records cache is damaged; checking every signature");
+            Default::default()
+        }
+    }
+}
+
 /// Logs to stderr; `MESHWORK_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
 fn init_tracing() {
     let filter =
@@ -142,7 +156,8 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     }
     let loaded_ms = loading.elapsed().as_millis();
     let deriving = std::time::Instant::now();
-    let replica = Replica::open(key.node_id(), boot, doc);
+    let verified = read_verified_cache(home);
+    let replica = Replica::open_with_verified(key.node_id(), boot, doc, verified);
     info!(
         tasks = replica.tasks().len(),
         load_ms = loaded_ms,
@@ -180,6 +195,7 @@ async fn run(home: Home) -> anyhow::Result<()> {
         },
         needs_snapshot: false,
         write_failed: Arc::default(),
+        verified_cache: home.verified_cache_path(),
     };
     // With no probe of this machine in the document yet (a first start), gates could refuse
     // every task with requirements: probe before serving. Later starts serve at once with

@@ -182,6 +182,8 @@ pub(crate) struct QueueActor {
     pub(crate) needs_snapshot: bool,
     /// Raised by the task that waits on a failed write; folded into `needs_snapshot`.
     pub(crate) write_failed: Arc<AtomicBool>,
+    /// Where the verified-records cache is written with each snapshot and at stop.
+    pub(crate) verified_cache: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for QueueActor {
@@ -305,6 +307,7 @@ impl QueueActor {
         match done.await {
             Ok(Ok(())) => {
                 self.needs_snapshot = false;
+                self.write_verified_cache();
                 true
             }
             Ok(Err(error)) => {
@@ -313,6 +316,15 @@ impl QueueActor {
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// Saves the ids of verified records so the next start skips their signature checks.
+    /// A cache: failing to write it costs the next start time, nothing else.
+    fn write_verified_cache(&self) {
+        let bytes = meshwork_protocol::verified_cache::encode_verified_cache(self.replica.verified_records());
+        if let Err(error) = crate::home::write_atomically(&self.verified_cache, &bytes) {
+            warn!(error = %format!("{error:#}"), "could not write the verified-records cache");
         }
     }
 
@@ -449,6 +461,8 @@ impl QueueActor {
     async fn stop(&mut self) {
         if self.store.counters().log_bytes > COMPACT_ON_STOP_LOG_BYTES || self.needs_snapshot {
             self.write_snapshot().await;
+        } else {
+            self.write_verified_cache();
         }
         if let Err(error) = self.store.shutdown().await {
             warn!(%error, "the store did not stop cleanly");
