@@ -17,7 +17,7 @@
 //! Records sit under flat composite keys, not in per-task maps, so that two nodes creating
 //! the same task id offline can never hide each other's records (invariant 3, nothing lost).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
@@ -249,18 +249,6 @@ impl QueueDoc {
             tasks.extend(fields);
         }
         tasks
-    }
-
-    /// Every task's records in one pass over the `records` map. Records in `verified` skip
-    /// the signature check (see [`SignedRecord::decode_unless_verified`]).
-    pub fn read_all_task_records(&self, verified: &BTreeSet<RecordId>) -> BTreeMap<TaskId, Vec<StoredRecord>> {
-        let mut by_task: BTreeMap<TaskId, Vec<StoredRecord>> = BTreeMap::new();
-        for item in self.doc.map_range(&self.maps.records, ..) {
-            let Some((task, record)) = item.key.split_once('/') else { continue };
-            let Ok(task) = TaskId::new(task) else { continue };
-            by_task.entry(task).or_default().push(stored_record(record, &item.value, verified));
-        }
-        by_task
     }
 
     /// The records stored under a task, decoded and verified; undecodable or forged bytes

@@ -222,10 +222,10 @@ impl Replica {
         self.members = self.mesh.map(|mesh| MemberSet::derive(mesh, &members)).unwrap_or_default();
         self.probes = ProbeBook::derive(&probes, &self.members);
         self.tasks.clear();
-        let mut records = self.doc.read_all_task_records(&self.verified);
         let context = ResolveContext { members: &self.members, probes: &self.probes };
+        // Records are read task by task, so only one task's decoded records are alive at once.
         for fields in self.doc.read_tasks_in(..) {
-            let stored = records.remove(&fields.id).unwrap_or_default();
+            let stored = self.doc.read_task_records_verified(&fields.id, &self.verified);
             for record in &stored {
                 if let StoredRecord::Valid(signed) = record {
                     self.verified.insert(signed.id());
