@@ -59,6 +59,8 @@ pub enum DocError {
     NoGenesis(&'static str),
     #[error("automerge refused a change: {0}")]
     Automerge(#[from] AutomergeError),
+    #[error("the document has layout version {found}, newer than this meshwork reads ({supported}); upgrade meshwork")]
+    NewerSchema { found: u64, supported: u64 },
 }
 
 /// The Automerge document of one mesh.
@@ -210,6 +212,19 @@ impl QueueDoc {
             touched.note(&patch, &self.maps);
         }
         touched
+    }
+
+    /// Refuses a document written in a newer layout than this build reads; an older or
+    /// missing version (a fresh genesis document) is read as it is.
+    pub fn check_schema(&self) -> Result<(), DocError> {
+        let found = match self.doc.get(&self.maps.meta, "schema") {
+            Ok(Some((automerge::Value::Scalar(value), _))) => value.as_u64(),
+            _ => None,
+        };
+        match found {
+            Some(found) if found > SCHEMA_VERSION => Err(DocError::NewerSchema { found, supported: SCHEMA_VERSION }),
+            _ => Ok(()),
+        }
     }
 
     pub fn meta_str(&self, key: &str) -> Option<String> {
@@ -389,6 +404,15 @@ mod tests {
         assert_eq!(heads.len(), 1);
         assert_eq!(heads[0].to_string(), "d6ff6fe1a5b7d08b579b53bf5e5c0b19e248d7dacc070d9b85973b9f577fb361");
         assert_eq!(QueueDoc::genesis_bytes(), QueueDoc::genesis_bytes());
+    }
+
+    /// A document from a newer meshwork is refused, never misread.
+    #[test]
+    fn a_document_of_a_newer_schema_is_refused() {
+        let mut doc = QueueDoc::genesis();
+        assert!(doc.check_schema().is_ok());
+        doc.change(0, "future", |tx, maps| tx.put(&maps.meta, "schema", SCHEMA_VERSION + 1).map(|_| ())).unwrap();
+        assert!(matches!(doc.check_schema(), Err(DocError::NewerSchema { found, .. }) if found == SCHEMA_VERSION + 1));
     }
 
     /// A node's actor ids differ per boot and are recognised as its own.

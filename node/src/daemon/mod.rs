@@ -141,6 +141,7 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     let loading = std::time::Instant::now();
     let (doc, bad_chunks) = QueueDoc::load(recovered.snapshot.as_deref(), &recovered.changes)
         .with_context(|| format!("the document in {} cannot be loaded", home.doc_dir().display()))?;
+    doc.check_schema().with_context(|| format!("cannot open the document in {}", home.doc_dir().display()))?;
     skipped.extend(
         bad_chunks
             .iter()
