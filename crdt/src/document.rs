@@ -231,11 +231,6 @@ impl QueueDoc {
         read_str(&self.doc, &self.maps.meta, key)
     }
 
-    /// Every task id, in id order.
-    pub fn task_ids(&self) -> Vec<TaskId> {
-        self.doc.keys(&self.maps.tasks).filter_map(|key| TaskId::new(&key).ok()).collect()
-    }
-
     /// A task's fields, or `None` when no such task exists (or its map is unreadable).
     pub fn read_task(&self, id: &TaskId) -> Option<TaskFields> {
         let all = self.doc.get_all(&self.maps.tasks, id.as_str()).ok()?;

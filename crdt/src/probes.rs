@@ -62,9 +62,4 @@ impl ProbeBook {
         let id = self.latest.get(node)?;
         Some((*id, self.by_id.get(id)?))
     }
-
-    /// Every node's newest probe.
-    pub fn latest_all(&self) -> impl Iterator<Item = (RecordId, &ProbeEntry)> {
-        self.latest.values().filter_map(|id| Some((*id, self.by_id.get(id)?)))
-    }
 }

@@ -46,8 +46,7 @@ pub fn cycle_through<'a>(
             if !visited.insert(current) {
                 continue;
             }
-            let next = if current == task { Some(new_dependencies) } else { edges(current) };
-            for dependency in next.into_iter().flatten() {
+            for dependency in edges(current).into_iter().flatten() {
                 let mut longer = path.clone();
                 longer.push(dependency.clone());
                 stack.push((dependency, longer));

@@ -73,7 +73,7 @@ pub(crate) enum QueryAnswer {
 
 enum Command {
     Mutate { agent: AgentName, request_id: Option<String>, mutation: Box<Mutation>, reply: oneshot::Sender<Answer> },
-    Query { agent: AgentName, query: Query, reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>> },
+    Query { query: Query, reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>> },
     PublishProbe { probe: Box<Probe>, reply: oneshot::Sender<Answer> },
     Stop { reply: oneshot::Sender<()> },
 }
@@ -97,9 +97,9 @@ impl QueueHandle {
         answer.await.unwrap_or_else(|_| Err(unavailable()))
     }
 
-    pub(crate) async fn query(&self, agent: AgentName, query: Query) -> Result<QueryAnswer, ErrorBody> {
+    pub(crate) async fn query(&self, query: Query) -> Result<QueryAnswer, ErrorBody> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Query { agent, query, reply }).await.map_err(|_| unavailable())?;
+        self.commands.send(Command::Query { query, reply }).await.map_err(|_| unavailable())?;
         answer.await.unwrap_or_else(|_| Err(unavailable()))
     }
 
@@ -211,8 +211,8 @@ impl QueueActor {
                 Command::Mutate { agent, request_id, mutation, reply } => {
                     self.mutate(agent, request_id, *mutation, reply).await
                 }
-                Command::Query { agent, query, reply } => {
-                    let _ = reply.send(self.query(&agent, query));
+                Command::Query { query, reply } => {
+                    let _ = reply.send(self.query(query));
                 }
                 Command::PublishProbe { probe, reply } => self.publish_probe(*probe, reply).await,
                 Command::Stop { reply } => {
@@ -359,7 +359,7 @@ impl QueueActor {
         self.replica.task(id).map_or(Value::Null, |entry| to_json(&self.replica.task_view(entry)))
     }
 
-    fn query(&self, _agent: &AgentName, query: Query) -> Result<QueryAnswer, ErrorBody> {
+    fn query(&self, query: Query) -> Result<QueryAnswer, ErrorBody> {
         let replica = &self.replica;
         let json = match query {
             Query::Task(id) => {
