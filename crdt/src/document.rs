@@ -11,7 +11,8 @@
 //!          ("title", "dep:<task_id>", ...), no nested objects (see fields.rs)
 //! records  "<task_id>/<record_id>" -> signed task record (bytes)
 //! leases   reserved for named locks
-//! inbox    "<agent@node>/<message_id>" -> message map
+//! inbox    "<agent@node>/<message_id>" -> message (JSON text); "<...>/<message_id>/read" and
+//!          ".../acked" -> true (see inbox.rs)
 //! ```
 //!
 //! Records sit under flat composite keys, not in per-task maps, so that two nodes creating

@@ -8,6 +8,7 @@ pub mod document;
 pub mod export;
 pub mod fields;
 pub mod gate;
+pub mod inbox;
 pub mod membership;
 pub mod ops;
 pub mod probes;

@@ -118,6 +118,7 @@ impl SyncEngine {
         };
         let message = match Frame::decode(bytes) {
             Ok(Frame::Sync(payload)) => Message::decode(&payload).map_err(|error| error.to_string()),
+            Ok(_) => Err("a join frame on the sync stream".to_owned()),
             Err(error) => Err(error.to_string()),
         };
         let message = match message {

@@ -221,7 +221,7 @@ pub struct HandoffRequest {
 }
 
 /// `GET /v1/status`: `meshwork node status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub api_version: u32,
     pub node_id: String,
@@ -252,13 +252,48 @@ pub struct StorageView {
     pub log_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
     pub node_id: String,
     pub name: String,
     pub addrs: Vec<String>,
     pub connected: bool,
     pub last_seen: Option<String>,
+    /// Round-trip time of the last ping, in milliseconds, while connected.
+    pub rtt_ms: Option<f64>,
+    /// Frames from this peer that were refused (oversize, undecodable, invalid).
+    pub bad_frames: u64,
+}
+
+/// `mesh invite --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteView {
+    pub token: String,
+    pub mesh_id: String,
+    pub expires_at: String,
+}
+
+/// `POST /v1/mesh/invite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// Life of the token in milliseconds; the default when absent.
+    pub ttl_ms: Option<u64>,
+}
+
+/// `POST /v1/mesh/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinMesh {
+    pub token: String,
+}
+
+/// `mesh join --json`: the mesh this node now belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedView {
+    pub node_id: String,
+    pub mesh_id: String,
+    pub inviter: String,
+    pub members: usize,
+    pub tasks: usize,
 }
 
 /// `meshwork init --json`.

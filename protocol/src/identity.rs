@@ -62,6 +62,13 @@ impl FromStr for NodeId {
     /// Parses a PeerId text that embeds an ed25519 key (every meshwork node id does).
     fn from_str(text: &str) -> Result<NodeId, IdentityError> {
         let peer_id = libp2p_identity::PeerId::from_str(text).map_err(|_| IdentityError::BadNodeId)?;
+        NodeId::from_peer_id(&peer_id)
+    }
+}
+
+impl NodeId {
+    /// The node id inside a PeerId that embeds an ed25519 key; other PeerIds are refused.
+    pub fn from_peer_id(peer_id: &libp2p_identity::PeerId) -> Result<NodeId, IdentityError> {
         // An ed25519 PeerId is an identity multihash: code 0x00, a one-byte length, then
         // the protobuf-encoded public key itself.
         let multihash = peer_id.to_bytes();

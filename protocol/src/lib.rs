@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod hlc;
 pub mod identity;
+pub mod invite;
 pub mod limits;
 pub mod probe;
 pub mod record;

@@ -38,3 +38,23 @@ pub const ATTEMPTS_DEFAULT: u32 = 3;
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Largest JSON body the local API accepts, in bytes.
 pub const API_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Longest life of an invite token, in milliseconds: 7 days.
+pub const INVITE_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Life of an invite token when `--ttl` is not given: 1 hour.
+pub const INVITE_TTL_MS_DEFAULT: u64 = 3600 * 1000;
+/// Most addresses an invite token carries.
+pub const INVITE_ADDRS_MAX: usize = 16;
+/// Longest invite token, in bytes of text.
+pub const INVITE_TOKEN_BYTES_MAX: usize = 4096;
+/// Invites a node keeps (open, used or expired); the oldest expired go first.
+pub const INVITES_KEPT_MAX: usize = 1024;
+/// Largest document a joining node accepts from its inviter, in bytes: 1 GiB.
+pub const JOIN_DOCUMENT_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Most connections a node holds at once, in and out.
+pub const CONNECTIONS_MAX: u32 = 256;
+/// Most connections to or from one peer.
+pub const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+/// Most addresses kept per known peer.
+pub const PEER_ADDRS_MAX: usize = 16;
+/// Longest settle time a claim waits before it is reported won, in milliseconds.
+pub const SETTLE_MS_MAX: u64 = 500;

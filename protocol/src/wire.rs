@@ -8,14 +8,50 @@ pub const WIRE_VERSION: u8 = 1;
 /// Bytes of the length prefix on a stream.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
-/// One message of the sync protocol (`/meshwork/sync/1`).
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// One message on a stream between nodes: the sync protocol (`/meshwork/sync/1`) carries
+/// only [`Frame::Sync`]; the join protocol (`/meshwork/join/1`) the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// An Automerge sync message.
     Sync(Vec<u8>),
+    /// A joining node presents its invite's secret and its name.
+    JoinRequest(JoinRequest),
+    /// The inviter refuses the join.
+    JoinRefused(JoinRefusal),
+    /// The inviter accepted: a piece of its document (`save()` bytes), in order.
+    DocumentChunk(Vec<u8>),
+    /// The last frame of an accepted join: the document's whole length, to check.
+    DocumentEnd { total_bytes: u64 },
 }
 
+/// What a joining node sends first on `/meshwork/join/1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The invite token's one-time secret.
+    pub secret: [u8; 32],
+    /// The joining node's name, for `mesh members`.
+    pub name: String,
+}
+
+/// Why an inviter refused a join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRefusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Bytes of document a [`Frame::DocumentChunk`] carries at most.
+pub const DOCUMENT_CHUNK_BYTES: usize = 1024 * 1024;
+
 const KIND_SYNC: u8 = 0;
+const KIND_JOIN_REQUEST: u8 = 1;
+const KIND_JOIN_REFUSED: u8 = 2;
+const KIND_DOCUMENT_CHUNK: u8 = 3;
+const KIND_DOCUMENT_END: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -28,15 +64,23 @@ pub enum WireError {
     UnknownVersion(u8),
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    #[error("frame of kind {kind} does not decode: {reason}")]
+    Malformed { kind: u8, reason: String },
 }
 
 impl Frame {
     pub fn encode(&self) -> Vec<u8> {
-        let Frame::Sync(payload) = self;
+        let (kind, payload): (u8, std::borrow::Cow<'_, [u8]>) = match self {
+            Frame::Sync(payload) => (KIND_SYNC, payload.into()),
+            Frame::JoinRequest(request) => (KIND_JOIN_REQUEST, encode_payload(request).into()),
+            Frame::JoinRefused(refusal) => (KIND_JOIN_REFUSED, encode_payload(refusal).into()),
+            Frame::DocumentChunk(chunk) => (KIND_DOCUMENT_CHUNK, chunk.into()),
+            Frame::DocumentEnd { total_bytes } => (KIND_DOCUMENT_END, total_bytes.to_be_bytes().to_vec().into()),
+        };
         let mut bytes = Vec::with_capacity(2 + payload.len());
         bytes.push(WIRE_VERSION);
-        bytes.push(KIND_SYNC);
-        bytes.extend_from_slice(payload);
+        bytes.push(kind);
+        bytes.extend_from_slice(&payload);
         bytes
     }
 
@@ -44,12 +88,38 @@ impl Frame {
         if bytes.len() > FRAME_BYTES_MAX {
             return Err(WireError::TooLarge(bytes.len()));
         }
-        match bytes {
-            [WIRE_VERSION, KIND_SYNC, payload @ ..] => Ok(Frame::Sync(payload.to_vec())),
-            [WIRE_VERSION, kind, ..] => Err(WireError::UnknownKind(*kind)),
-            [version, _, ..] => Err(WireError::UnknownVersion(*version)),
-            _ => Err(WireError::Truncated),
+        let (kind, payload) = match bytes {
+            [WIRE_VERSION, kind, payload @ ..] => (*kind, payload),
+            [version, _, ..] => return Err(WireError::UnknownVersion(*version)),
+            _ => return Err(WireError::Truncated),
+        };
+        match kind {
+            KIND_SYNC => Ok(Frame::Sync(payload.to_vec())),
+            KIND_JOIN_REQUEST => decode_payload(kind, payload).map(Frame::JoinRequest),
+            KIND_JOIN_REFUSED => decode_payload(kind, payload).map(Frame::JoinRefused),
+            KIND_DOCUMENT_CHUNK => Ok(Frame::DocumentChunk(payload.to_vec())),
+            KIND_DOCUMENT_END => {
+                let total: [u8; 8] = payload
+                    .try_into()
+                    .map_err(|_| WireError::Malformed { kind, reason: "the length is not 8 bytes".to_owned() })?;
+                Ok(Frame::DocumentEnd { total_bytes: u64::from_be_bytes(total) })
+            }
+            kind => Err(WireError::UnknownKind(kind)),
         }
+    }
+}
+
+fn encode_payload<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Decodes a postcard payload, refusing trailing bytes so each frame has one encoding.
+fn decode_payload<T: for<'de> Deserialize<'de>>(kind: u8, payload: &[u8]) -> Result<T, WireError> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(WireError::Malformed { kind, reason: format!("{} bytes after the payload", rest.len()) }),
+        Err(error) => Err(WireError::Malformed { kind, reason: error.to_string() }),
     }
 }
 
@@ -124,5 +194,27 @@ mod tests {
         assert_eq!(Frame::decode(&[]), Err(WireError::Truncated));
         assert_eq!(Frame::decode(&[9, 0]), Err(WireError::UnknownVersion(9)));
         assert_eq!(Frame::decode(&[WIRE_VERSION, 7]), Err(WireError::UnknownKind(7)));
+        assert!(matches!(Frame::decode(&[WIRE_VERSION, KIND_JOIN_REQUEST, 1]), Err(WireError::Malformed { .. })));
+        assert!(matches!(Frame::decode(&[WIRE_VERSION, KIND_DOCUMENT_END, 1, 2]), Err(WireError::Malformed { .. })));
+    }
+
+    #[test]
+    fn join_frames_round_trip() {
+        let frames = [
+            Frame::JoinRequest(JoinRequest { secret: [7; 32], name: "laptop".to_owned() }),
+            Frame::JoinRefused(JoinRefusal { code: ErrorCode::GateRefused, message: "used".to_owned() }),
+            Frame::DocumentChunk(vec![1, 2, 3]),
+            Frame::DocumentEnd { total_bytes: 3 },
+        ];
+        for frame in frames {
+            assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_join_request_are_refused() {
+        let mut bytes = Frame::JoinRequest(JoinRequest { secret: [7; 32], name: "a".to_owned() }).encode();
+        bytes.push(0);
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Malformed { .. })));
     }
 }

@@ -1,0 +1,199 @@
+//! Agents' inboxes in the document, and the notice every agent gets when its claim lost
+//! (invariant 5, losers are told).
+//!
+//! A message sits under `inbox["<agent@node>/<message_id>"]` as one JSON text scalar,
+//! written whole in one change; marks are their own keys (`.../read`, `.../acked`), so no
+//! nested object is ever created and two writers can never hide each other's messages.
+//!
+//! A lost-claim notice has the id `lost-<claim record id>`: only the node that made the
+//! claim writes it, and only when that key is absent, so each lost claim is told exactly
+//! once however many merges reveal it, across restarts too.
+
+use automerge::ReadDoc;
+use automerge::transaction::Transactable;
+use meshwork_protocol::{AgentId, RecordId, TaskId};
+use serde::{Deserialize, Serialize};
+
+use crate::document::DocError;
+use crate::replica::Replica;
+use crate::resolve::LossReason;
+
+/// Who sends the notices the node writes itself.
+pub const NODE_SENDER: &str = "meshwork";
+/// Key suffix of a message's read mark.
+const READ_MARK: &str = "read";
+/// Key suffix of a message's ack mark.
+const ACK_MARK: &str = "acked";
+
+/// A message as the document holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: String,
+    pub subject: String,
+    pub body: String,
+    pub priority: String,
+    /// Milliseconds since the epoch when it was written.
+    pub at_ms: u64,
+    /// The task it is about, if any.
+    pub task: Option<String>,
+}
+
+/// A message with its marks, as an agent reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub id: String,
+    pub to: AgentId,
+    pub message: Message,
+    pub read: bool,
+    pub acked: bool,
+}
+
+/// A notice this node owes one of its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub to: AgentId,
+    pub id: String,
+    pub message: Message,
+}
+
+fn message_key(to: &AgentId, id: &str) -> String {
+    format!("{to}/{id}")
+}
+
+fn mark_key(to: &AgentId, id: &str, mark: &str) -> String {
+    format!("{to}/{id}/{mark}")
+}
+
+/// The id of the notice for a lost claim.
+pub fn lost_notice_id(claim: &RecordId) -> String {
+    format!("lost-{claim}")
+}
+
+impl Replica {
+    /// The messages of one agent, oldest first, then by id.
+    pub fn inbox(&self, to: &AgentId) -> Vec<InboxEntry> {
+        let doc = self.doc();
+        let map = &doc.maps().inbox;
+        let prefix = format!("{to}/");
+        let mut entries: Vec<InboxEntry> = doc
+            .automerge()
+            .map_range(map, prefix.clone()..)
+            .take_while(|item| item.key.starts_with(&prefix))
+            .filter_map(|item| {
+                let id = item.key.strip_prefix(&prefix)?;
+                // Marks are `<id>/<mark>`; a message id holds no '/'.
+                if id.contains('/') {
+                    return None;
+                }
+                let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(text)) = item.value else {
+                    return None;
+                };
+                let message: Message = serde_json::from_str(&text).ok()?;
+                Some(InboxEntry {
+                    id: id.to_owned(),
+                    to: to.clone(),
+                    message,
+                    read: self.has_key(&mark_key(to, id, READ_MARK)),
+                    acked: self.has_key(&mark_key(to, id, ACK_MARK)),
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.message.at_ms, &a.id).cmp(&(b.message.at_ms, &b.id)));
+        entries
+    }
+
+    fn has_key(&self, key: &str) -> bool {
+        let doc = self.doc();
+        matches!(doc.automerge().get(&doc.maps().inbox, key), Ok(Some(_)))
+    }
+
+    /// The lost-claim notices this node owes its agents for these tasks: one per lost claim
+    /// this node made for a named agent, unless it was written before.
+    pub fn notices_due<'a>(&self, tasks: impl IntoIterator<Item = &'a TaskId>, now_ms: u64) -> Vec<Notice> {
+        let node = self.node();
+        let mut due = Vec::new();
+        for id in tasks {
+            let Some(entry) = self.task(id) else { continue };
+            for lost in entry.state.lost_claims.iter().filter(|lost| lost.node == node) {
+                let Some(agent) = &lost.agent else { continue };
+                let to = AgentId { agent: agent.clone(), node };
+                let notice_id = lost_notice_id(&lost.claim);
+                if self.has_key(&message_key(&to, &notice_id)) || due.iter().any(|n: &Notice| n.id == notice_id) {
+                    continue;
+                }
+                let (subject, body) = self.lost_text(id, &lost.reason, lost.generation);
+                let message = Message {
+                    from: NODE_SENDER.to_owned(),
+                    subject,
+                    body,
+                    priority: "urgent".to_owned(),
+                    at_ms: now_ms,
+                    task: Some(id.to_string()),
+                };
+                due.push(Notice { to, id: notice_id, message });
+            }
+        }
+        due
+    }
+
+    fn lost_text(&self, task: &TaskId, reason: &LossReason, generation: u32) -> (String, String) {
+        let subject = format!("lost claim on {task}");
+        let body = match reason {
+            LossReason::LostTo { winner, winner_agent } => {
+                let winner = match winner_agent {
+                    Some(agent) => format!("{agent}@{winner}"),
+                    None => winner.to_string(),
+                };
+                format!(
+                    "Your claim of {task} (generation {generation}) lost to {winner}. Stop working on it; \
+                     what you wrote stays in the task's history."
+                )
+            }
+            other => format!("Your claim of {task} (generation {generation}) does not count: {other}."),
+        };
+        (subject, body)
+    }
+
+    /// Writes notices in one change; `None` when there are none.
+    pub fn write_notices(&mut self, notices: &[Notice], now_ms: u64) -> Result<Option<Vec<u8>>, DocError> {
+        if notices.is_empty() {
+            return Ok(None);
+        }
+        let changes = self.doc_mut().change(now_ms, "inbox notices", |tx, maps| {
+            for notice in notices {
+                let text = serde_json::to_string(&notice.message).unwrap_or_default();
+                tx.put(&maps.inbox, message_key(&notice.to, &notice.id), text)?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(changes))
+    }
+
+    /// Marks messages read (and acked, when `ack`); `None` when every mark was there.
+    pub fn mark_messages(
+        &mut self,
+        to: &AgentId,
+        ids: &[String],
+        ack: bool,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, DocError> {
+        let mut keys: Vec<String> = Vec::new();
+        for id in ids {
+            keys.push(mark_key(to, id, READ_MARK));
+            if ack {
+                keys.push(mark_key(to, id, ACK_MARK));
+            }
+        }
+        keys.retain(|key| !self.has_key(key));
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let changes = self.doc_mut().change(now_ms, "inbox marks", |tx, maps| {
+            for key in &keys {
+                tx.put(&maps.inbox, key.as_str(), true)?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(changes))
+    }
+}
