@@ -43,6 +43,10 @@ pub struct Record {
 }
 
 /// The kinds of record. The variant order is the wire tag: append new kinds, never reorder.
+///
+/// `Ack` is a member's vote for a quorum claim (`claim --quorum`): the claim counts once a
+/// majority of current members voted for it, and only a member's first vote per task and
+/// generation counts (invariant 7, quorum claims are exclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordBody {
     Claim(Claim),
@@ -56,6 +60,7 @@ pub enum RecordBody {
     Cancel { task: TaskId, reason: String },
     Membership(Membership),
     Probe(Probe),
+    Ack { task: TaskId, claim: RecordId, generation: u32 },
 }
 
 /// An attempt to hold a task for one generation.
@@ -257,12 +262,15 @@ impl Record {
             | RecordBody::Done { task, .. }
             | RecordBody::Fail { task, .. }
             | RecordBody::Approve { task }
-            | RecordBody::Cancel { task, .. } => Some(task),
+            | RecordBody::Cancel { task, .. }
+            | RecordBody::Ack { task, .. } => Some(task),
             RecordBody::Membership(_) | RecordBody::Probe(_) => None,
         }
     }
 
-    /// The claim a record continues (renew, release, progress, handoff, done, fail).
+    /// The claim a record continues (renew, release, progress, handoff, done, fail): always
+    /// one of its signer's own claims. An `ack` names another node's claim and continues
+    /// nothing, so it is not here.
     pub fn claim_ref(&self) -> Option<RecordId> {
         match &self.body {
             RecordBody::Renew { claim, .. }
@@ -271,7 +279,12 @@ impl Record {
             | RecordBody::Done { claim, .. }
             | RecordBody::Fail { claim, .. } => Some(*claim),
             RecordBody::Handoff(handoff) => Some(handoff.claim),
-            _ => None,
+            RecordBody::Claim(_)
+            | RecordBody::Approve { .. }
+            | RecordBody::Cancel { .. }
+            | RecordBody::Membership(_)
+            | RecordBody::Probe(_)
+            | RecordBody::Ack { .. } => None,
         }
     }
 
@@ -289,6 +302,7 @@ impl Record {
             RecordBody::Cancel { .. } => "cancel",
             RecordBody::Membership(_) => "membership",
             RecordBody::Probe(_) => "probe",
+            RecordBody::Ack { .. } => "ack",
         }
     }
 
@@ -299,7 +313,7 @@ impl Record {
             |items: &[String]| items.len() <= LIST_ITEMS_MAX && items.iter().all(|item| item.len() <= FIELD_BYTES_MAX);
         let within = match &self.body {
             RecordBody::Claim(claim) => (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&claim.lease_ms),
-            RecordBody::Renew { .. } | RecordBody::Approve { .. } => true,
+            RecordBody::Renew { .. } | RecordBody::Approve { .. } | RecordBody::Ack { .. } => true,
             RecordBody::Release { reason, .. }
             | RecordBody::Fail { reason, .. }
             | RecordBody::Cancel { reason, .. } => message(reason),
@@ -357,6 +371,25 @@ mod tests {
         let signed = SignedRecord::sign(claim_record(&key), &key).unwrap();
         let decoded = SignedRecord::decode(signed.bytes()).unwrap();
         assert_eq!(decoded, signed);
+    }
+
+    /// An ack is about its task and decodes back to itself, but continues no claim of its
+    /// signer: it names another node's claim.
+    #[test]
+    fn an_ack_is_about_its_task_and_continues_no_claim() {
+        let key = NodeKey::from_seed([1; 32]);
+        let claim = SignedRecord::sign(claim_record(&key), &key).unwrap();
+        let task = TaskId::new("WRK-664").unwrap();
+        let ack = Record {
+            agent: None,
+            body: RecordBody::Ack { task: task.clone(), claim: claim.id(), generation: 0 },
+            ..claim_record(&key)
+        };
+        let signed = SignedRecord::sign(ack, &key).unwrap();
+        assert_eq!(SignedRecord::decode(signed.bytes()).unwrap(), signed);
+        assert_eq!(signed.record().task(), Some(&task));
+        assert_eq!(signed.record().claim_ref(), None);
+        assert_eq!(signed.record().kind(), "ack");
     }
 
     /// Flipping any single byte of a signed record makes it invalid, never a different valid record.

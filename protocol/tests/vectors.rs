@@ -212,6 +212,7 @@ fn computed_vectors() -> Vec<Vector> {
         claim_vector,
         done_vector(&key, mesh, claim.id()),
         membership_vector(&key, mesh),
+        ack_vector(&key, mesh, claim.id()),
         crdt_derivations_vector(&key),
         wire_vector(),
         storage_vector(),
@@ -329,6 +330,22 @@ fn membership_vector(key: &NodeKey, mesh: MeshId) -> Vector {
     vector.push("membership.member", membership.member);
     vector.push("membership.name", &membership.name);
     vector.push("membership.roles", membership.roles.join(","));
+    vector.push("encoding.body", hex(&postcard(&record.body)));
+    push_signed_outputs(&mut vector, &signed);
+    vector
+}
+
+fn ack_vector(key: &NodeKey, mesh: MeshId, claim: meshwork_protocol::RecordId) -> Vector {
+    let stamp = Stamp { wall_ms: FOUNDED_AT_MS, logical: 1 };
+    let body = RecordBody::Ack { task: task(), claim, generation: 0 };
+    let record = record(key, mesh, None, stamp, body);
+    let signed = SignedRecord::sign(record.clone(), key).expect("the ack signs");
+    let mut vector = Vector::new("ack");
+    push_header_inputs(&mut vector, mesh, &record);
+    vector.push("body", "ack");
+    vector.push("ack.task", TASK);
+    vector.push("ack.claim", claim);
+    vector.push("ack.generation", 0);
     vector.push("encoding.body", hex(&postcard(&record.body)));
     push_signed_outputs(&mut vector, &signed);
     vector
