@@ -9,14 +9,16 @@ use meshwork_protocol::limits::*;
 use meshwork_protocol::record::{Claim, Handoff};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{
-    AgentName, ErrorCode, NodeKey, Probe, RecordBody, RecordId, Requirement, SignedRecord, TaskId,
+    AgentName, ErrorCode, NodeId, NodeKey, Probe, RecordBody, RecordId, Requirement, SignedRecord, TaskId,
 };
 
-use crate::document::{DocError, node_record_key, put_task_record};
+use crate::document::{DocError, Touched, node_record_key, put_task_record};
 use crate::fields::{FieldEdit, write_edit, write_new_task};
 use crate::gate;
+use crate::membership::Member;
 use crate::ready::cycle_through;
 use crate::replica::{Replica, TaskEntry};
+use crate::resolve::{ClaimEntry, winner_key};
 use crate::task::TaskFields;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,34 @@ pub struct Speaker<'a> {
 pub struct Applied {
     pub changes: Vec<u8>,
     pub task: TaskId,
+    /// The record the operation is about: the one it signed, or for a claim that changed
+    /// nothing the speaker's claim already there. `None` for operations that sign nothing.
+    pub record: Option<RecordId>,
+}
+
+/// How to claim ([`Replica::claim_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimOptions {
+    /// A quorum claim (`claim --quorum`): it counts only once a majority of the current
+    /// members voted for it (invariant 7), and until then it is pending, not held.
+    pub quorum: bool,
+}
+
+/// An acknowledgement this node owes: its vote for a pending quorum claim
+/// ([`Replica::acks_due`], [`Replica::acknowledge`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AckDue {
+    pub task: TaskId,
+    pub claim: RecordId,
+    pub generation: u32,
+}
+
+/// Where a claim of the speaker's would go.
+enum ClaimTarget {
+    /// The speaker holds the task already, by this claim.
+    Held(RecordId),
+    /// A new claim names this generation.
+    Generation(u32),
 }
 
 fn check_text(what: &str, text: &str, limit_name: &str, limit: usize) -> Result<(), ErrorBody> {
@@ -220,7 +250,7 @@ impl Replica {
         let message = format!("add {id} by {}", speaker.agent);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_new_task(tx, maps, &fields))?;
         self.insert_created(fields);
-        Ok(Applied { changes, task: id })
+        Ok(Applied { changes, task: id, record: None })
     }
 
     /// `task edit`.
@@ -272,7 +302,13 @@ impl Replica {
         let message = format!("edit {id} by {}", speaker.agent);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_edit(tx, maps, id, &edit))?;
         self.refresh_after_local(id, now_ms);
-        Ok(Applied { changes, task: id.clone() })
+        Ok(Applied { changes, task: id.clone(), record: None })
+    }
+
+    /// Whether a task has as many records as it may hold; a node writes no more to it.
+    fn at_record_cap(&self, id: &TaskId) -> bool {
+        self.task(id)
+            .is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX)
     }
 
     /// Writes one signed record under a task as one change.
@@ -285,10 +321,7 @@ impl Replica {
     ) -> Result<Applied, OpError> {
         let signed = self.sign(speaker.key, Some(speaker.agent.clone()), body, now_ms)?;
         self.note_signed(&signed);
-        if self
-            .task(id)
-            .is_some_and(|entry| entry.state.records as usize + entry.state.rejected as usize >= RECORDS_PER_TASK_MAX)
-        {
+        if self.at_record_cap(id) {
             return Err(ErrorBody::over_limit(
                 &format!("the number of records on {id}"),
                 "RECORDS_PER_TASK_MAX",
@@ -299,7 +332,7 @@ impl Replica {
         let message = format!("{} {id} by {}", signed.record().kind(), speaker.agent);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| put_task_record(tx, maps, id, &signed))?;
         self.refresh_after_local(id, now_ms);
-        Ok(Applied { changes, task: id.clone() })
+        Ok(Applied { changes, task: id.clone(), record: Some(signed.id()) })
     }
 
     fn refresh_after_local(&mut self, id: &TaskId, now_ms: u64) {
@@ -319,6 +352,52 @@ impl Replica {
     /// `claim ID`: checks readiness and gates, then signs a claim of the open generation (or
     /// of the next one, taking over a lease that expired by this node's clock).
     pub fn claim(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
+        self.claim_with(speaker, id, ClaimOptions::default(), now_ms)
+    }
+
+    /// [`Replica::claim`] with options. A quorum claim is this node's vote for its generation,
+    /// so it is refused (`CONFLICT`, retryable) once this node voted for another claim of that
+    /// generation; asked again by the same agent it changes nothing. It succeeds while pending:
+    /// read its votes in `state.quorum[applied.record]`.
+    pub fn claim_with(
+        &mut self,
+        speaker: Speaker<'_>,
+        id: &TaskId,
+        options: ClaimOptions,
+        now_ms: u64,
+    ) -> Result<Applied, OpError> {
+        let generation = match self.claim_target(speaker, id, now_ms)? {
+            ClaimTarget::Held(claim) => {
+                return Ok(Applied { changes: Vec::new(), task: id.clone(), record: Some(claim) });
+            }
+            ClaimTarget::Generation(generation) => generation,
+        };
+        if options.quorum
+            && let Some(own) = self.own_quorum_vote(speaker, id, generation)?
+        {
+            return Ok(Applied { changes: Vec::new(), task: id.clone(), record: Some(own) });
+        }
+        let entry = self.entry_or_not_found(id)?;
+        let claim = Claim {
+            task: id.clone(),
+            generation,
+            lamport: entry.state.lamport_max + 1,
+            lease_ms: entry.fields.lease_ms,
+            probe: self.probes().latest(&self.node()).map(|(probe_id, _)| probe_id),
+            quorum: options.quorum,
+        };
+        let applied = self.put_record(speaker, id, RecordBody::Claim(claim), now_ms)?;
+        if options.quorum {
+            self.confirm_not_lost(id, applied.record)?;
+        } else {
+            self.confirm_holder(speaker, id)?;
+        }
+        Ok(applied)
+    }
+
+    /// Checks readiness, approval and gates; the generation a new claim names, or the
+    /// speaker's own claim when it holds the task already.
+    fn claim_target(&self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<ClaimTarget, OpError> {
         let entry = self.entry_or_not_found(id)?;
         let state = &entry.state;
         if state.status.is_finished() {
@@ -330,7 +409,7 @@ impl Replica {
         let mut generation = state.generation;
         if let Some(holder) = &state.holder {
             if holder.node == self.node() && holder.agent.as_ref() == Some(speaker.agent) {
-                return Ok(Applied { changes: Vec::new(), task: id.clone() });
+                return Ok(ClaimTarget::Held(holder.claim));
             }
             if now_ms <= holder.lease_until_ms {
                 let who = holder.agent.as_ref().map_or_else(
@@ -368,17 +447,51 @@ impl Replica {
                 format!("this machine cannot run {id}: {}", unmet.join("; ")),
             ));
         }
-        let claim = Claim {
-            task: id.clone(),
-            generation,
-            lamport: state.lamport_max + 1,
-            lease_ms: entry.fields.lease_ms,
-            probe: self.probes().latest(&self.node()).map(|(probe_id, _)| probe_id),
-            quorum: false,
+        Ok(ClaimTarget::Generation(generation))
+    }
+
+    /// This node's vote in `generation` of a task, before a quorum claim (invariant 7): none
+    /// yet is fine; the speaker's own quorum claim that is still in play is returned (a
+    /// retried claim); a vote for anything else refuses the claim.
+    fn own_quorum_vote(&self, speaker: Speaker<'_>, id: &TaskId, generation: u32) -> Result<Option<RecordId>, OpError> {
+        let state = &self.entry_or_not_found(id)?.state;
+        let node = self.node();
+        let Some((voted_for, _)) =
+            state.quorum.iter().find(|(_, tally)| tally.generation == generation && tally.voters.contains(&node))
+        else {
+            return Ok(None);
         };
-        let applied = self.put_record(speaker, id, RecordBody::Claim(claim), now_ms)?;
-        self.confirm_holder(speaker, id)?;
-        Ok(applied)
+        let own = state
+            .claims
+            .get(voted_for)
+            .is_some_and(|claim| claim.node == node && claim.agent.as_ref() == Some(speaker.agent));
+        let in_play = !state.lost_claims.iter().any(|lost| lost.claim == *voted_for);
+        if own && in_play {
+            return Ok(Some(*voted_for));
+        }
+        Err(OpError::Refused(
+            ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "this node already voted for claim {voted_for} of {id} (generation {generation}); \
+                     retry once that claim counts or loses"
+                ),
+            )
+            .retryable(),
+        ))
+    }
+
+    /// After a quorum claim: it may wait for votes, but it must not have lost already.
+    fn confirm_not_lost(&self, id: &TaskId, claim: Option<RecordId>) -> Result<(), OpError> {
+        let lost =
+            self.task(id).is_some_and(|entry| entry.state.lost_claims.iter().any(|lost| Some(lost.claim) == claim));
+        if lost {
+            return Err(OpError::refused(
+                ErrorCode::Conflict,
+                format!("the claim of {id} lost; see `meshwork task show {id}`"),
+            ));
+        }
+        Ok(())
     }
 
     /// After a claim: the speaker must be the holder now, or the claim lost.
@@ -513,7 +626,7 @@ impl Replica {
     pub fn approve(&mut self, speaker: Speaker<'_>, id: &TaskId, now_ms: u64) -> Result<Applied, OpError> {
         let entry = self.entry_or_not_found(id)?;
         if entry.state.approved {
-            return Ok(Applied { changes: Vec::new(), task: id.clone() });
+            return Ok(Applied { changes: Vec::new(), task: id.clone(), record: None });
         }
         self.put_record(speaker, id, RecordBody::Approve { task: id.clone() }, now_ms)
     }
@@ -522,7 +635,7 @@ impl Replica {
         check_text("the reason", reason, "MESSAGE_BYTES_MAX", MESSAGE_BYTES_MAX)?;
         let entry = self.entry_or_not_found(id)?;
         match entry.state.status {
-            TaskStatus::Cancelled => return Ok(Applied { changes: Vec::new(), task: id.clone() }),
+            TaskStatus::Cancelled => return Ok(Applied { changes: Vec::new(), task: id.clone(), record: None }),
             TaskStatus::Done | TaskStatus::Failed => {
                 return Err(OpError::refused(
                     ErrorCode::InvalidTransition,
@@ -554,6 +667,51 @@ impl Replica {
 }
 
 impl Replica {
+    /// The acknowledgements this node owes for these tasks (invariant 7): per task, the first
+    /// pending quorum claim in the winner order whose generation a vote can still decide (the
+    /// open generation when nobody holds it, or the next one when the claim was stamped after
+    /// the holder's lease ended), unless this node voted in that generation already. None
+    /// when this node is not a current member. Pure: sign them with [`Replica::acknowledge`].
+    pub fn acks_due<'a>(&self, tasks: impl IntoIterator<Item = &'a TaskId>) -> Vec<AckDue> {
+        let node = self.node();
+        if !self.members().get(&node).is_some_and(Member::is_current) {
+            return Vec::new();
+        }
+        let tasks: BTreeSet<&TaskId> = tasks.into_iter().collect();
+        tasks.into_iter().filter_map(|id| self.task(id)).filter_map(|entry| ack_due(&node, entry)).collect()
+    }
+
+    /// Signs and writes, as one change, the acknowledgements of `due` that are still due
+    /// now (a stale list never makes this node vote twice) on tasks below
+    /// `RECORDS_PER_TASK_MAX`. Returns the change, or `None` when none was due.
+    pub fn acknowledge(&mut self, key: &NodeKey, due: &[AckDue], now_ms: u64) -> Result<Option<Vec<u8>>, OpError> {
+        let asked: BTreeSet<&TaskId> = due.iter().map(|ack| &ack.task).collect();
+        let still_due: Vec<AckDue> = self
+            .acks_due(asked)
+            .into_iter()
+            .filter(|ack| due.contains(ack) && !self.at_record_cap(&ack.task))
+            .collect();
+        if still_due.is_empty() {
+            return Ok(None);
+        }
+        let mut acks: Vec<SignedRecord> = Vec::with_capacity(still_due.len());
+        for ack in &still_due {
+            let body = RecordBody::Ack { task: ack.task.clone(), claim: ack.claim, generation: ack.generation };
+            let signed = self.sign(key, None, body, now_ms)?;
+            self.note_signed(&signed);
+            acks.push(signed);
+        }
+        let changes = self.doc_mut().change(now_ms, "acknowledge quorum claims", |tx, maps| {
+            for (ack, signed) in still_due.iter().zip(&acks) {
+                put_task_record(tx, maps, &ack.task, signed)?;
+            }
+            Ok(())
+        })?;
+        let touched = Touched { tasks: still_due.into_iter().map(|ack| ack.task).collect(), ..Touched::default() };
+        self.refresh(&touched, now_ms);
+        Ok(Some(changes))
+    }
+
     /// Adds or removes a member by a membership record this node signs. Only a current
     /// member may do so; the record counts on every node for the same reason.
     pub fn change_membership(
@@ -575,4 +733,23 @@ impl Replica {
         self.refresh(&touched, now_ms);
         Ok(changes)
     }
+}
+
+/// The acknowledgement `node` owes on one task, if any: see [`Replica::acks_due`].
+fn ack_due(node: &NodeId, entry: &TaskEntry) -> Option<AckDue> {
+    let state = &entry.state;
+    if state.status.is_finished() {
+        return None;
+    }
+    // A vote can still decide the open generation, or a takeover of an expired lease.
+    let decidable = |claim: &ClaimEntry| match &state.holder {
+        None => claim.claim.generation == state.generation,
+        Some(holder) => claim.claim.generation == state.generation + 1 && claim.stamp.wall_ms > holder.lease_until_ms,
+    };
+    state
+        .pending_quorum()
+        .filter_map(|(id, tally)| state.claims.get(id).map(|claim| (*id, tally.generation, claim)))
+        .filter(|(_, generation, claim)| decidable(claim) && !state.has_voted(node, *generation))
+        .min_by_key(|(id, _, claim)| winner_key(&entry.fields.id, *id, claim))
+        .map(|(claim, generation, _)| AckDue { task: entry.fields.id.clone(), claim, generation })
 }

@@ -2,9 +2,10 @@
 //!
 //! `resolve` never depends on the order records arrived in, on which node computes it, or on
 //! that node's clock (invariant 1, convergence). Read [`resolve`] top to bottom: validity,
-//! then generations one by one, then the finishing records.
+//! then the claims and the quorum votes, then generations one by one, then the finishing
+//! records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::limits::RECORDS_PER_TASK_MAX;
@@ -13,7 +14,7 @@ use meshwork_protocol::{AgentName, NodeId, RecordId, SignedRecord, Stamp, TaskId
 use sha2::{Digest, Sha256};
 
 use crate::gate;
-use crate::membership::MemberSet;
+use crate::membership::{Member, MemberSet};
 use crate::probes::ProbeBook;
 use crate::task::TaskFields;
 
@@ -31,6 +32,10 @@ pub struct TaskState {
     pub lost_claims: Vec<LostClaim>,
     /// Every valid claim ever made on the task, won or lost, by id.
     pub claims: BTreeMap<RecordId, ClaimEntry>,
+    /// The votes of every quorum claim, by claim id. A quorum claim is a candidate for its
+    /// generation only once [`QuorumTally::reached`]; one that lacks a majority and is not in
+    /// `lost_claims` is pending ([`TaskState::pending_quorum`]).
+    pub quorum: BTreeMap<RecordId, QuorumTally>,
     pub progress: Vec<Noted<ProgressNote>>,
     pub handoffs: Vec<Noted<Handoff>>,
     pub result: Option<Noted<String>>,
@@ -46,6 +51,46 @@ pub struct TaskState {
     /// Records that count, at most [`RECORDS_PER_TASK_MAX`].
     pub records: u32,
     pub updated_at: Stamp,
+}
+
+impl TaskState {
+    /// Quorum claims waiting for votes: without a majority yet, and not lost (they may still
+    /// count when acknowledgements arrive, so no loss is reported for them).
+    pub fn pending_quorum(&self) -> impl Iterator<Item = (&RecordId, &QuorumTally)> {
+        self.quorum
+            .iter()
+            .filter(|(id, tally)| !tally.reached() && !self.lost_claims.iter().any(|lost| lost.claim == **id))
+    }
+
+    /// Whether `node`'s vote in `generation` is already cast, for any quorum claim of it.
+    pub fn has_voted(&self, node: &NodeId, generation: u32) -> bool {
+        self.quorum.values().any(|tally| tally.generation == generation && tally.voters.contains(node))
+    }
+}
+
+/// The votes of one quorum claim (invariant 7, quorum claims are exclusive).
+///
+/// A member's votes for (task, generation) are its `ack` records naming a quorum claim of
+/// that generation and its own quorum claims of that generation; only the first, by
+/// `(stamp, record id)`, counts. So a member counts toward at most one quorum claim per
+/// generation, whatever it signs, and two claims can never both have a majority.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumTally {
+    /// The generation the claim claims.
+    pub generation: u32,
+    /// Current members whose first vote of the generation is this claim, by node id.
+    pub voters: Vec<NodeId>,
+    /// `voters.len()`.
+    pub votes: u32,
+    /// Votes needed to count: a majority of the current members, `members / 2 + 1`.
+    pub needed: u32,
+}
+
+impl QuorumTally {
+    /// Whether the claim has its majority, and so counts.
+    pub fn reached(&self) -> bool {
+        self.votes >= self.needed
+    }
 }
 
 /// The accepted holder of the current generation.
@@ -89,8 +134,9 @@ pub enum LossReason {
         unmet: Vec<String>,
     },
     NotApproved,
-    /// A quorum claim without acknowledgements of a majority of members.
-    QuorumMissing,
+    /// A quorum claim whose generation's votes split: no quorum claim of it can reach a
+    /// majority any more, so the generation ended without a holder.
+    QuorumSplit,
     /// The task was finished or cancelled, or out of attempts, before this claim counted.
     TaskClosed,
 }
@@ -104,7 +150,9 @@ impl std::fmt::Display for LossReason {
             LossReason::WrongGeneration { open } => write!(f, "stale generation (generation {open} is open)"),
             LossReason::Gate { unmet } => write!(f, "gate refused: {}", unmet.join("; ")),
             LossReason::NotApproved => f.write_str("claimed before the task was approved"),
-            LossReason::QuorumMissing => f.write_str("quorum claim without a majority of acknowledgements"),
+            LossReason::QuorumSplit => {
+                f.write_str("the votes of its generation split; no quorum claim could reach a majority")
+            }
             LossReason::TaskClosed => f.write_str("the task was already finished"),
         }
     }
@@ -163,6 +211,7 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
         holder: None,
         lost_claims: Vec::new(),
         claims: BTreeMap::new(),
+        quorum: BTreeMap::new(),
         progress: Vec::new(),
         handoffs: Vec::new(),
         result: None,
@@ -183,8 +232,11 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
     state.approved = !approvals.is_empty();
     let first_approval = approvals.iter().min().copied();
     collect_claims(fields, &records, context, first_approval, &mut state);
-    run_generations(fields, &records, &mut state);
+    state.quorum = tally_quorum(&records, &state.claims, context.members);
+    let quorum = QuorumWalk::new(&state, context.members.current().count());
+    run_generations(fields, &records, &quorum, &mut state);
     apply_finishing_records(&records, &mut state);
+    close_pending_on_finished(&mut state);
     collect_notes(&records, &mut state);
     debug_assert!(state.holder.is_none() || state.status == TaskStatus::Claimed, "a holder implies claimed");
     state
@@ -213,7 +265,7 @@ fn valid_records(task: &TaskId, stored: &[StoredRecord], members: &MemberSet) ->
     (valid, rejected)
 }
 
-/// Gathers the claims; those that can never count (gate, approval, quorum) are lost now.
+/// Gathers the claims; those that can never count (gate, approval) are lost now.
 fn collect_claims(
     fields: &TaskFields,
     records: &[SignedRecord],
@@ -221,7 +273,6 @@ fn collect_claims(
     first_approval: Option<Stamp>,
     state: &mut TaskState,
 ) {
-    let member_count = context.members.current().count();
     for signed in records {
         let record = signed.record();
         let RecordBody::Claim(claim) = &record.body else { continue };
@@ -233,8 +284,6 @@ fn collect_claims(
             Some(LossReason::Gate { unmet })
         } else if fields.needs_approval && first_approval.is_none_or(|approved| approved >= record.stamp) {
             Some(LossReason::NotApproved)
-        } else if claim.quorum && !quorum_reached(member_count) {
-            Some(LossReason::QuorumMissing)
         } else {
             None
         };
@@ -245,11 +294,114 @@ fn collect_claims(
     }
 }
 
-/// A quorum claim counts once a majority of members acknowledged it. The claimer's own claim
-/// is its acknowledgement; acknowledgement records from other members arrive with the mesh.
-fn quorum_reached(member_count: usize) -> bool {
-    let acknowledgements = 1;
-    acknowledgements * 2 > member_count
+/// Tallies the votes of every quorum claim (invariant 7, quorum claims are exclusive): each
+/// signer's first vote per generation, by `(stamp, record id)`, counts for the claim it names
+/// when the signer is a current member. An `ack` that names no quorum claim of this task and
+/// of its own generation is no vote at all: it is kept and counted in `records`, never obeyed.
+fn tally_quorum(
+    records: &[SignedRecord],
+    claims: &BTreeMap<RecordId, ClaimEntry>,
+    members: &MemberSet,
+) -> BTreeMap<RecordId, QuorumTally> {
+    let is_quorum_claim_of = |claim: &RecordId, generation: u32| {
+        claims.get(claim).is_some_and(|entry| entry.claim.quorum && entry.claim.generation == generation)
+    };
+    // (generation, signer) -> ((stamp, record id) of its first vote, the claim it names).
+    let mut first_votes: BTreeMap<(u32, NodeId), ((Stamp, RecordId), RecordId)> = BTreeMap::new();
+    for signed in records {
+        let record = signed.record();
+        let (generation, claim) = match &record.body {
+            RecordBody::Claim(claim) if claim.quorum => (claim.generation, signed.id()),
+            RecordBody::Ack { claim, generation, .. } if is_quorum_claim_of(claim, *generation) => {
+                (*generation, *claim)
+            }
+            _ => continue,
+        };
+        let vote = ((record.stamp, signed.id()), claim);
+        let first = first_votes.entry((generation, record.signer)).or_insert(vote);
+        if vote.0 < first.0 {
+            *first = vote;
+        }
+    }
+    let needed = u32::try_from(members.current().count() / 2 + 1).unwrap_or(u32::MAX);
+    let mut tallies: BTreeMap<RecordId, QuorumTally> = claims
+        .iter()
+        .filter(|(_, entry)| entry.claim.quorum)
+        .map(|(id, entry)| {
+            (*id, QuorumTally { generation: entry.claim.generation, voters: Vec::new(), votes: 0, needed })
+        })
+        .collect();
+    // In (generation, signer) order, so each tally's voters come sorted by node id.
+    for ((_, voter), (_, claim)) in &first_votes {
+        let current = members.get(voter).is_some_and(Member::is_current);
+        if let Some(tally) = tallies.get_mut(claim).filter(|_| current) {
+            tally.voters.push(*voter);
+            tally.votes += 1;
+        }
+    }
+    // Each current member counts once per generation, so the votes of one generation add up
+    // to at most the member count, and two claims cannot both have more than half of it.
+    let mut reached_per_generation: BTreeMap<u32, u32> = BTreeMap::new();
+    for tally in tallies.values().filter(|tally| tally.reached()) {
+        *reached_per_generation.entry(tally.generation).or_default() += 1;
+    }
+    assert!(
+        reached_per_generation.values().all(|count| *count <= 1),
+        "invariant 7: two quorum claims of one generation count"
+    );
+    tallies
+}
+
+/// What the generation walk needs to know about quorum claims.
+struct QuorumWalk {
+    /// Quorum claims that lack a majority and were not refused, by generation. They are no
+    /// candidates; they lose only once their generation is decided without them.
+    pending: BTreeMap<u32, Vec<(RecordId, ClaimEntry)>>,
+    /// The ids of the claims in `pending`.
+    pending_ids: BTreeSet<RecordId>,
+    /// Generations whose votes split: every current member that voted is spent, and even if
+    /// all the others voted for the best pending claim it would lack a majority.
+    split: BTreeSet<u32>,
+}
+
+impl QuorumWalk {
+    fn new(state: &TaskState, member_count: usize) -> QuorumWalk {
+        let refused: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
+        let mut pending: BTreeMap<u32, Vec<(RecordId, ClaimEntry)>> = BTreeMap::new();
+        let mut voted: BTreeMap<u32, BTreeSet<NodeId>> = BTreeMap::new();
+        for (id, tally) in &state.quorum {
+            voted.entry(tally.generation).or_default().extend(tally.voters.iter().copied());
+            if tally.reached() || refused.contains(id) {
+                continue;
+            }
+            if let Some(entry) = state.claims.get(id) {
+                pending.entry(tally.generation).or_default().push((*id, entry.clone()));
+            }
+        }
+        let split = pending
+            .iter()
+            .filter(|(generation, claims)| {
+                let best = claims.iter().filter_map(|(id, _)| state.quorum.get(id)).map(|tally| tally.votes);
+                let best = best.max().unwrap_or(0) as usize;
+                let unvoted = member_count.saturating_sub(voted.get(generation).map_or(0, BTreeSet::len));
+                best + unvoted < member_count / 2 + 1
+            })
+            .map(|(generation, _)| *generation)
+            .collect();
+        let pending_ids = pending.values().flatten().map(|(id, _)| *id).collect();
+        QuorumWalk { pending, pending_ids, split }
+    }
+
+    fn pending_of(&self, generation: u32) -> &[(RecordId, ClaimEntry)] {
+        self.pending.get(&generation).map_or(&[], Vec::as_slice)
+    }
+
+    /// A split vote on `generation` among claims stamped after `lease_until`: evidence, like
+    /// a counting claim would be, that the previous holder's lease expired and was taken over.
+    fn split_after(&self, generation: u32, lease_until: u64) -> bool {
+        self.split.contains(&generation)
+            && self.pending_of(generation).iter().any(|(_, entry)| entry.stamp.wall_ms > lease_until)
+    }
 }
 
 fn gate_unmet(fields: &TaskFields, claim: &Claim, signer: &NodeId, context: ResolveContext<'_>) -> Vec<String> {
@@ -274,7 +426,7 @@ fn lost(claim: RecordId, entry: &ClaimEntry, reason: LossReason) -> LostClaim {
 
 /// The winner order: lowest Lamport, then rendezvous hash of (task, node key), then node id,
 /// then record id. Never Automerge's own choice of a value (invariant 2, one holder).
-fn winner_key(task: &TaskId, id: RecordId, entry: &ClaimEntry) -> (u64, u64, NodeId, RecordId) {
+pub(crate) fn winner_key(task: &TaskId, id: RecordId, entry: &ClaimEntry) -> (u64, u64, NodeId, RecordId) {
     (entry.claim.lamport, rendezvous(task, &entry.node), entry.node, id)
 }
 
@@ -298,49 +450,64 @@ enum TenureEnd {
 }
 
 /// Walks the generations: the winner of each, and whether its tenure ended.
-fn run_generations(fields: &TaskFields, records: &[SignedRecord], state: &mut TaskState) {
-    let refused: Vec<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
-    let eligible: Vec<(RecordId, ClaimEntry)> =
-        state.claims.iter().filter(|(id, _)| !refused.contains(id)).map(|(id, entry)| (*id, entry.clone())).collect();
+fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &QuorumWalk, state: &mut TaskState) {
+    let refused: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
+    let eligible: Vec<(RecordId, ClaimEntry)> = state
+        .claims
+        .iter()
+        .filter(|(id, _)| !refused.contains(*id) && !quorum.pending_ids.contains(*id))
+        .map(|(id, entry)| (*id, entry.clone()))
+        .collect();
     let mut previous_end_ms: Option<u64> = None;
-    let mut placed: Vec<RecordId> = Vec::new();
+    let mut placed: BTreeSet<RecordId> = BTreeSet::new();
     loop {
         let generation = state.generation;
-        let (candidates, early): (Vec<_>, Vec<_>) = eligible
-            .iter()
-            .filter(|(_, entry)| entry.claim.generation == generation)
-            .partition(|(_, entry)| previous_end_ms.is_none_or(|end| entry.stamp.wall_ms > end));
-        for (id, entry) in &early {
-            state.lost_claims.push(lost(*id, entry, LossReason::EarlyTakeover));
-            placed.push(*id);
+        let after_previous =
+            |(_, entry): &&(RecordId, ClaimEntry)| previous_end_ms.is_none_or(|end| entry.stamp.wall_ms > end);
+        let (candidates, early): (Vec<_>, Vec<_>) =
+            eligible.iter().filter(|(_, entry)| entry.claim.generation == generation).partition(after_previous);
+        let (waiting, early_waiting): (Vec<_>, Vec<_>) = quorum.pending_of(generation).iter().partition(after_previous);
+        for (id, entry) in early.iter().chain(&early_waiting) {
+            place_lost(state, &mut placed, *id, entry, LossReason::EarlyTakeover);
         }
         let Some((winner_id, winner)) = candidates
             .iter()
             .min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry))
             .map(|(id, entry)| (*id, entry.clone()))
         else {
+            if quorum.split.contains(&generation) && state.failures < fields.max_attempts {
+                // Nobody can count in this generation: it ends with no holder and no lease
+                // to protect, so the next one opens at once.
+                for (id, entry) in &waiting {
+                    place_lost(state, &mut placed, *id, entry, LossReason::QuorumSplit);
+                }
+                previous_end_ms = None;
+                state.generation += 1;
+                continue;
+            }
             break;
         };
         if state.failures >= fields.max_attempts {
             // Out of attempts: nobody may hold the task again.
-            for (id, entry) in &candidates {
-                state.lost_claims.push(lost(*id, entry, LossReason::TaskClosed));
-                placed.push(*id);
+            for (id, entry) in candidates.iter().chain(&waiting) {
+                place_lost(state, &mut placed, *id, entry, LossReason::TaskClosed);
             }
             break;
         }
-        for (id, entry) in candidates.iter().filter(|(id, _)| *id != winner_id) {
+        // A quorum claim still waiting for votes loses too: its generation is decided.
+        for (id, entry) in candidates.iter().filter(|(id, _)| *id != winner_id).chain(&waiting) {
             let reason = LossReason::LostTo { winner: winner.node, winner_agent: winner.agent.clone() };
-            state.lost_claims.push(lost(*id, entry, reason));
-            placed.push(*id);
+            place_lost(state, &mut placed, *id, entry, reason);
         }
-        placed.push(winner_id);
+        placed.insert(winner_id);
         state.attempts += 1;
         let lease_until = lease_until_ms(winner_id, &winner, records);
-        // An expired lease ends the generation only through a takeover stamped after it.
+        // An expired lease ends the generation only through a takeover stamped after it: a
+        // counting claim of the next generation, or a split vote on one.
         let taken_over = eligible
             .iter()
-            .any(|(_, entry)| entry.claim.generation == generation + 1 && entry.stamp.wall_ms > lease_until);
+            .any(|(_, entry)| entry.claim.generation == generation + 1 && entry.stamp.wall_ms > lease_until)
+            || quorum.split_after(generation + 1, lease_until);
         match tenure_end(winner_id, &winner, records, lease_until, taken_over) {
             TenureEnd::Held => {
                 state.status = TaskStatus::Claimed;
@@ -369,19 +536,48 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], state: &mut Ta
     if state.holder.is_none() && state.failures >= fields.max_attempts {
         state.status = TaskStatus::Failed;
     }
-    for (id, entry) in &eligible {
-        if !placed.contains(id) {
-            let early_takeover = entry.claim.generation == state.generation + 1
-                && state.holder.as_ref().is_some_and(|holder| entry.stamp.wall_ms <= holder.lease_until_ms);
-            let reason = if state.status == TaskStatus::Failed {
-                LossReason::TaskClosed
-            } else if early_takeover {
-                LossReason::EarlyTakeover
-            } else {
-                LossReason::WrongGeneration { open: state.generation }
-            };
-            state.lost_claims.push(lost(*id, entry, reason));
-        }
+    place_the_rest(&eligible, quorum, &placed, state);
+}
+
+/// A claim the walk decided loses, for `reason`.
+fn place_lost(
+    state: &mut TaskState,
+    placed: &mut BTreeSet<RecordId>,
+    id: RecordId,
+    entry: &ClaimEntry,
+    reason: LossReason,
+) {
+    state.lost_claims.push(lost(id, entry, reason));
+    placed.insert(id);
+}
+
+/// The claims the walk did not reach (their generation is above the open one) lose, except
+/// quorum claims still waiting for votes on the open generation or on a takeover of an
+/// expired lease: those stay pending, since a majority would make them count.
+fn place_the_rest(
+    eligible: &[(RecordId, ClaimEntry)],
+    quorum: &QuorumWalk,
+    placed: &BTreeSet<RecordId>,
+    state: &mut TaskState,
+) {
+    let waiting = quorum.pending.values().flatten();
+    for (id, entry) in eligible.iter().chain(waiting).filter(|(id, _)| !placed.contains(id)) {
+        let generation = entry.claim.generation;
+        let next_to_holder = generation == state.generation + 1 && state.holder.is_some();
+        let early_takeover =
+            next_to_holder && state.holder.as_ref().is_some_and(|holder| entry.stamp.wall_ms <= holder.lease_until_ms);
+        let reason = if state.status == TaskStatus::Failed {
+            LossReason::TaskClosed
+        } else if early_takeover {
+            LossReason::EarlyTakeover
+        } else if quorum.pending_ids.contains(id)
+            && (next_to_holder || (generation == state.generation && state.holder.is_none()))
+        {
+            continue;
+        } else {
+            LossReason::WrongGeneration { open: state.generation }
+        };
+        state.lost_claims.push(lost(*id, entry, reason));
     }
 }
 
@@ -455,13 +651,15 @@ fn apply_finishing_records(records: &[SignedRecord], state: &mut TaskState) {
         // a claim refused by a gate or approval yields no result.
         let Some(entry) = state.claims.get(claim).filter(|entry| entry.node == record.signer) else { continue };
         let refused = state.lost_claims.iter().any(|lost| {
-            lost.claim == *claim
-                && matches!(lost.reason, LossReason::Gate { .. } | LossReason::NotApproved | LossReason::QuorumMissing)
+            lost.claim == *claim && matches!(lost.reason, LossReason::Gate { .. } | LossReason::NotApproved)
         });
         if refused {
             continue;
         }
-        let won = !state.lost_claims.iter().any(|lost| lost.claim == *claim);
+        // A quorum claim without its majority never won, whatever the node that wrote the
+        // `done` believed; its result is kept beside the others like a loser's.
+        let counted = state.quorum.get(claim).is_none_or(QuorumTally::reached);
+        let won = counted && !state.lost_claims.iter().any(|lost| lost.claim == *claim);
         let result = noted(signed, summary.clone());
         if won && accepted.as_ref().is_none_or(|(generation, _)| entry.claim.generation > *generation) {
             if let Some((_, previous)) = accepted.take() {
@@ -493,6 +691,19 @@ fn apply_finishing_records(records: &[SignedRecord], state: &mut TaskState) {
         state.holder = None;
         state.cancelled = Some(cancel);
     }
+}
+
+/// A quorum claim still pending when the task finished can never hold it: it loses now, so
+/// its agent is told.
+fn close_pending_on_finished(state: &mut TaskState) {
+    if !state.status.is_finished() {
+        return;
+    }
+    let closed: Vec<LostClaim> = state
+        .pending_quorum()
+        .filter_map(|(id, _)| state.claims.get(id).map(|entry| lost(*id, entry, LossReason::TaskClosed)))
+        .collect();
+    state.lost_claims.extend(closed);
 }
 
 /// Progress and handoffs, kept from every claimer, winners and losers alike.

@@ -1,7 +1,8 @@
 //! Invariants 1-4 of the design as properties over real Automerge documents: records made
 //! on three nodes (claims of any generation and Lamport number, renewals, releases, done,
 //! fail, progress; stamps spread over several leases) are delivered to fresh replicas in
-//! any order, duplicated, or as a subset and then the rest.
+//! any order, duplicated, or as a subset and then the rest. Invariant 7 the same way, on
+//! meshes of three to five members making quorum claims and acks, double votes included.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -131,7 +132,8 @@ fn fresh(keys: &[NodeKey], base: &[u8]) -> Replica {
 }
 
 /// Invariant 2 (one holder) on one replica's state: at most one claim per generation is not
-/// lost, and a holder exists exactly when the task is claimed.
+/// lost (quorum claims still waiting for votes aside: they won nothing yet), and a holder
+/// exists exactly when the task is claimed.
 fn assert_one_holder(replica: &Replica) {
     for entry in replica.tasks().values() {
         let state = &entry.state;
@@ -139,7 +141,8 @@ fn assert_one_holder(replica: &Replica) {
         let lost: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
         let mut winners_per_generation: BTreeMap<u32, usize> = BTreeMap::new();
         for (id, claim) in &state.claims {
-            if !lost.contains(id) {
+            let pending = state.quorum.get(id).is_some_and(|tally| !tally.reached());
+            if !lost.contains(id) && !pending {
                 *winners_per_generation.entry(claim.claim.generation).or_default() += 1;
             }
         }
@@ -251,5 +254,177 @@ proptest! {
             }
             done.extend(now.into_iter().filter(|(_, status)| *status == TaskStatus::Done).map(|(id, _)| id));
         }
+    }
+}
+
+/// One record of the quorum property: a quorum claim, an ack of a quorum claim made before
+/// (its own generation or, now and then, another), or a plain claim.
+#[derive(Debug, Clone)]
+struct QuorumStep {
+    node: usize,
+    kind: u8,
+    generation: u32,
+    lamport: u64,
+    offset_ms: u64,
+    target: usize,
+}
+
+fn quorum_step(members: usize) -> impl Strategy<Value = QuorumStep> {
+    (0..members, 0u8..10, 0u32..2, 1u64..4, 0u64..(3 * LEASE_MS), any::<usize>()).prop_map(
+        |(node, kind, generation, lamport, offset_ms, target)| QuorumStep {
+            node,
+            kind,
+            generation,
+            lamport,
+            offset_ms,
+            target,
+        },
+    )
+}
+
+/// A mesh of `members` nodes and one task, saved.
+fn quorum_base(members: usize) -> (Vec<NodeKey>, Vec<u8>, TaskId) {
+    let keys: Vec<NodeKey> = (1..=members as u8).map(node_key).collect();
+    let mut founded = Replica::found(&keys[0], 0, "n0", "mesh", BASE_MS).unwrap().replica;
+    for (index, key) in keys.iter().enumerate().skip(1) {
+        let membership = Membership {
+            action: MembershipAction::Add,
+            member: key.node_id(),
+            name: format!("n{index}"),
+            roles: vec![],
+        };
+        founded.change_membership(&keys[0], membership, BASE_MS + 1).unwrap();
+    }
+    let agent = AgentName::new("setup").unwrap();
+    let request =
+        AddTask { id: Some("WRK-Q".to_owned()), title: "q".to_owned(), lease_ms: Some(LEASE_MS), ..AddTask::default() };
+    let task = founded.add_task(Speaker { key: &keys[0], agent: &agent }, &request, BASE_MS + 2, 0).unwrap().task;
+    (keys, founded.doc().save(), task)
+}
+
+/// Signs the planned records, each on its node's own fork; returns each record's change.
+fn make_quorum_changes(keys: &[NodeKey], base: &[u8], task: &TaskId, plan: &[QuorumStep]) -> Vec<Vec<u8>> {
+    let mut forks: Vec<Replica> =
+        keys.iter().map(|key| Replica::open(key.node_id(), 1, QueueDoc::load(Some(base), &[]).unwrap().0)).collect();
+    let mesh = forks[0].mesh().unwrap();
+    let mut quorum_claims: Vec<(RecordId, u32)> = Vec::new();
+    let mut changes = Vec::new();
+    for (index, step) in plan.iter().enumerate() {
+        let claim = |quorum| {
+            RecordBody::Claim(Claim {
+                task: task.clone(),
+                generation: step.generation,
+                lamport: step.lamport,
+                lease_ms: LEASE_MS,
+                probe: None,
+                quorum,
+            })
+        };
+        let body = match step.kind {
+            3..=8 if !quorum_claims.is_empty() => {
+                let (claim, generation) = quorum_claims[step.target % quorum_claims.len()];
+                // Now and then an ack names the wrong generation: it must be no vote.
+                let generation = if step.kind == 8 { step.generation } else { generation };
+                RecordBody::Ack { task: task.clone(), claim, generation }
+            }
+            9 => claim(false),
+            _ => claim(true),
+        };
+        let agent = matches!(body, RecordBody::Claim(_)).then(|| AgentName::new("agent").unwrap());
+        let record = Record {
+            version: RECORD_VERSION,
+            mesh,
+            signer: keys[step.node].node_id(),
+            agent,
+            stamp: Stamp { wall_ms: BASE_MS + 10 + step.offset_ms, logical: index as u32 },
+            body,
+        };
+        let signed = SignedRecord::sign(record, &keys[step.node]).unwrap();
+        if let RecordBody::Claim(Claim { quorum: true, generation, .. }) = &signed.record().body {
+            quorum_claims.push((signed.id(), *generation));
+        }
+        let change = forks[step.node]
+            .doc_mut()
+            .change(BASE_MS, "record", |tx, maps| put_task_record(tx, maps, task, &signed))
+            .unwrap();
+        changes.push(change);
+    }
+    changes
+}
+
+/// Invariant 7 on one replica's state: per generation at most one quorum claim counts, no
+/// member votes twice, and a quorum claim holds only with a majority.
+fn assert_quorum_exclusive(replica: &Replica) {
+    let members = replica.members().current().count() as u32;
+    for entry in replica.tasks().values() {
+        let state = &entry.state;
+        let mut counting: BTreeMap<u32, Vec<RecordId>> = BTreeMap::new();
+        let mut voters: BTreeMap<u32, Vec<meshwork_protocol::NodeId>> = BTreeMap::new();
+        for (id, tally) in &state.quorum {
+            assert_eq!(tally.votes as usize, tally.voters.len());
+            assert_eq!(tally.needed, members / 2 + 1);
+            if tally.votes * 2 > members {
+                counting.entry(tally.generation).or_default().push(*id);
+            }
+            voters.entry(tally.generation).or_default().extend(&tally.voters);
+        }
+        for (generation, claims) in &counting {
+            assert!(claims.len() <= 1, "two quorum claims of generation {generation} count: {claims:?}");
+        }
+        for (generation, voters) in &voters {
+            let distinct: BTreeSet<_> = voters.iter().collect();
+            assert_eq!(distinct.len(), voters.len(), "a member voted twice in generation {generation}");
+        }
+        if let Some(holder) = state.holder.as_ref().filter(|holder| holder.quorum) {
+            assert!(state.quorum[&holder.claim].reached(), "a quorum claim holds without a majority");
+        }
+    }
+}
+
+fn quorum_plan_and_orders() -> impl Strategy<Value = (usize, Vec<QuorumStep>, Vec<usize>, Vec<usize>, usize)> {
+    (3usize..=5)
+        .prop_flat_map(|members| (Just(members), proptest::collection::vec(quorum_step(members), 1..16)))
+        .prop_flat_map(|(members, plan)| {
+            let len = plan.len();
+            let indices: Vec<usize> = (0..len).collect();
+            (
+                Just(members),
+                Just(plan),
+                Just(indices).prop_shuffle(),
+                proptest::collection::vec(0..len, 0..len * 2),
+                0..=len,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    /// Invariant 7, quorum claims are exclusive: whatever members sign (double votes, acks of
+    /// claims of other generations, duplicates) and in whatever order it arrives, no two
+    /// quorum claims of one generation ever both count, at any step; and every order,
+    /// duplication or split of the same records gives the same state, tallies included.
+    #[test]
+    fn quorum_claims_are_exclusive_in_any_order((members, plan, order, duplicates, split) in quorum_plan_and_orders()) {
+        let (keys, base, task) = quorum_base(members);
+        let changes = make_quorum_changes(&keys, &base, &task, &plan);
+        let mut in_order = fresh(&keys, &base);
+        for change in &changes {
+            in_order.apply_changes(change, BASE_MS).unwrap();
+            assert_quorum_exclusive(&in_order);
+        }
+        let mut shuffled = fresh(&keys, &base);
+        for change in shuffled_with_duplicates(&changes, &order, &duplicates) {
+            shuffled.apply_changes(change, BASE_MS).unwrap();
+            assert_quorum_exclusive(&shuffled);
+        }
+        let mut subset_then_rest = fresh(&keys, &base);
+        let (first, rest) = order.split_at(split);
+        for index in first.iter().chain(rest) {
+            subset_then_rest.apply_changes(&changes[*index], BASE_MS).unwrap();
+        }
+        prop_assert_eq!(in_order.tasks(), shuffled.tasks());
+        prop_assert_eq!(in_order.tasks(), subset_then_rest.tasks());
+        assert_one_holder(&in_order);
     }
 }
