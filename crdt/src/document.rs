@@ -365,6 +365,10 @@ impl Touched {
     fn note(&mut self, patch: &Patch, maps: &TopMaps) {
         let key = match &patch.action {
             PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key.as_str()),
+            // A value that arrives and loses to the one already there (two nodes created one
+            // task id) changes no visible value, only the conflict: the task's
+            // `id_conflicts` must be read again all the same.
+            PatchAction::Conflict { prop: Prop::Map(key) } => Some(key.as_str()),
             _ => None,
         };
         let task_of = |text: &str| TaskId::new(text.split('/').next().unwrap_or(text)).ok();

@@ -4,6 +4,7 @@
 //! [`resolve::resolve`] (how a task's state follows from its records), then
 //! [`replica::Replica`] (the document plus the state derived from it), then [`sync`].
 
+pub mod derived_cache;
 pub mod document;
 pub mod export;
 pub mod fields;
@@ -20,6 +21,7 @@ pub mod task;
 #[doc(hidden)]
 pub mod test_support;
 
+pub use derived_cache::{CacheRefused, CacheUse, DerivedCache, DerivedCacheFile};
 pub use document::{DocError, QueueDoc, Touched};
 pub use ops::{Applied, OpError, Speaker};
 pub use replica::{Founded, Replica, TaskEntry};

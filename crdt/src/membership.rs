@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use meshwork_protocol::record::{MembershipAction, RecordBody};
 use meshwork_protocol::{MeshId, NodeId, SignedRecord, Stamp};
+use serde::{Deserialize, Serialize};
 
 /// A member's intervals of membership and the facts shown about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub node: NodeId,
     pub name: String,
@@ -28,7 +29,7 @@ impl Member {
 }
 
 /// The members of one mesh, as the membership records say.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberSet {
     /// The mesh these members belong to; records of any other mesh count for nothing.
     mesh: Option<MeshId>,

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use meshwork_protocol::record::RecordBody;
 use meshwork_protocol::{NodeId, Probe, RecordId, SignedRecord, Stamp};
+use serde::{Deserialize, Serialize};
 
 use crate::membership::MemberSet;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeEntry {
     pub node: NodeId,
     pub stamp: Stamp,
@@ -16,7 +17,7 @@ pub struct ProbeEntry {
 }
 
 /// The probes of all members, old ones included.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeBook {
     by_id: BTreeMap<RecordId, ProbeEntry>,
     /// The newest probe of each node.

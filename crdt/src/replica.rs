@@ -12,6 +12,9 @@ use meshwork_protocol::{
     AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId,
 };
 
+use serde::{Deserialize, Serialize};
+
+use crate::derived_cache::{CacheUse, DerivedCache, DerivedState, DerivedStateRef};
 use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, node_record_key};
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
@@ -20,7 +23,7 @@ use crate::resolve::{ResolveContext, StoredRecord, TaskState, resolve};
 use crate::task::TaskFields;
 
 /// One task as the replica knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEntry {
     pub fields: TaskFields,
     pub state: TaskState,
@@ -36,7 +39,7 @@ pub struct Replica {
     members: MemberSet,
     probes: ProbeBook,
     tasks: BTreeMap<TaskId, TaskEntry>,
-    /// The newest stamp on any record this node signed, as of the last rebuild.
+    /// The newest stamp on any record of the document this node signed.
     own_stamp_max: Stamp,
     /// Records whose signature verified once: a record id is a hash of its signed bytes, so
     /// the check need not run again for the same id (a task's records are read again after
@@ -100,7 +103,21 @@ impl Replica {
     /// [`Replica::open`], trusting that the records in `verified` were verified before (by
     /// this node, as its verified-records cache says), so their signatures are not checked
     /// again.
-    pub fn open_with_verified(node: NodeId, boot: u32, mut doc: QueueDoc, verified: BTreeSet<RecordId>) -> Replica {
+    pub fn open_with_verified(node: NodeId, boot: u32, doc: QueueDoc, verified: BTreeSet<RecordId>) -> Replica {
+        Replica::open_with_cache(node, boot, doc, verified, None).0
+    }
+
+    /// [`Replica::open_with_verified`], taking the derived state from `cache` when it was
+    /// derived from this very document (the same heads, so the same changes) and deriving
+    /// everything otherwise. The cache was decoded for this node and build
+    /// ([`DerivedCacheFile::open`]).
+    pub fn open_with_cache(
+        node: NodeId,
+        boot: u32,
+        mut doc: QueueDoc,
+        verified: BTreeSet<RecordId>,
+        cache: Option<DerivedCache>,
+    ) -> (Replica, CacheUse) {
         doc.set_actor(actor_for(&node, boot));
         let mut replica = Replica {
             doc,
@@ -115,11 +132,55 @@ impl Replica {
             undecodable_members: 0,
             undecodable_probes: 0,
         };
-        replica.rebuild();
+        let used = match cache {
+            None => CacheUse::Absent,
+            Some(cache) if replica.fits(&cache) => {
+                replica.take_derived(cache.state);
+                CacheUse::Used
+            }
+            Some(_) => CacheUse::OtherDocument,
+        };
+        if used != CacheUse::Used {
+            replica.rebuild();
+        }
         // The clock restarts after the newest stamp this node ever signed, so its stamps never
         // run backwards across restarts even if the wall clock did.
         replica.hlc = Hlc::starting_after(replica.own_stamp_max);
-        replica
+        (replica, used)
+    }
+
+    /// Whether a cache was derived from this replica's document: the same heads. The mesh id
+    /// is checked as well, a cheap second look at the one fact every other one hangs on.
+    fn fits(&self, cache: &DerivedCache) -> bool {
+        let mesh = self.doc.meta_str("mesh_id").and_then(|text| text.parse::<MeshId>().ok());
+        cache.is_of(&self.doc.heads()) && cache.state.mesh == mesh
+    }
+
+    fn take_derived(&mut self, state: DerivedState) {
+        self.mesh = state.mesh;
+        self.members = state.members;
+        self.probes = state.probes;
+        self.tasks = state.tasks;
+        self.own_stamp_max = state.own_stamp_max;
+        self.undecodable_members = state.undecodable_members;
+        self.undecodable_probes = state.undecodable_probes;
+    }
+
+    /// The derived-state cache of this replica: everything [`Replica::rebuild`] derives, keyed
+    /// by the document's heads now. Every change reaches the document through this replica,
+    /// which refreshes what it touched, so the state is that of exactly these heads.
+    pub fn encode_derived_cache(&self) -> Result<Vec<u8>, meshwork_protocol::derived_cache::DerivedCacheError> {
+        let state = DerivedStateRef {
+            mesh: self.mesh,
+            members: &self.members,
+            probes: &self.probes,
+            tasks: &self.tasks,
+            own_stamp_max: self.own_stamp_max,
+            undecodable_members: self.undecodable_members,
+            undecodable_probes: self.undecodable_probes,
+            highest_boot: self.doc.highest_boot_of(&self.node),
+        };
+        DerivedCache::encode(&self.node, &self.doc.heads(), &state)
     }
 
     pub fn node(&self) -> NodeId {
@@ -207,7 +268,9 @@ impl Replica {
         }
     }
 
-    /// Derives everything again from the document.
+    /// Derives everything again from the document. Everything it sets is kept in the
+    /// derived-state cache (`derived_cache.rs`): a new derived field goes there too, with a
+    /// new `DERIVED_STATE_VERSION`.
     pub fn rebuild(&mut self) {
         self.mesh = self.doc.meta_str("mesh_id").and_then(|text| text.parse().ok());
         let maps = self.doc.maps().clone();
@@ -226,14 +289,7 @@ impl Replica {
         // Records are read task by task, so only one task's decoded records are alive at once.
         for fields in self.doc.read_tasks_in(..) {
             let stored = self.doc.read_task_records_verified(&fields.id, &self.verified);
-            for record in &stored {
-                if let StoredRecord::Valid(signed) = record {
-                    self.verified.insert(signed.id());
-                    if signed.record().signer == self.node {
-                        self.own_stamp_max = self.own_stamp_max.max(signed.record().stamp);
-                    }
-                }
-            }
+            remember_records(&mut self.verified, &mut self.own_stamp_max, self.node, &stored);
             let state = resolve(&fields, &stored, context);
             self.tasks.insert(fields.id.clone(), TaskEntry { fields, state });
         }
@@ -245,6 +301,10 @@ impl Replica {
         let maps = self.doc.maps().clone();
         let (probes, bad_probes) = self.doc.read_flat_records(&maps.probes);
         self.undecodable_probes = bad_probes;
+        // Records are never removed, so the newest own stamp only grows: the same as a rebuild.
+        let own =
+            probes.iter().filter(|signed| signed.record().signer == self.node).map(|signed| signed.record().stamp);
+        self.own_stamp_max = own.fold(self.own_stamp_max, Stamp::max);
         self.probes = ProbeBook::derive(&probes, &self.members);
         let gated: Vec<TaskId> = self
             .tasks
@@ -267,7 +327,7 @@ impl Replica {
             return;
         };
         let stored = self.doc.read_task_records_verified(id, &self.verified);
-        self.remember_verified(&stored);
+        remember_records(&mut self.verified, &mut self.own_stamp_max, self.node, &stored);
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         let state = resolve(&fields, &stored, context);
         self.tasks.insert(id.clone(), TaskEntry { fields, state });
@@ -281,14 +341,6 @@ impl Replica {
     /// A record this node just signed needs no check when it is read back.
     pub(crate) fn note_signed(&mut self, signed: &SignedRecord) {
         self.verified.insert(signed.id());
-    }
-
-    fn remember_verified(&mut self, stored: &[StoredRecord]) {
-        for record in stored {
-            if let StoredRecord::Valid(signed) = record {
-                self.verified.insert(signed.id());
-            }
-        }
     }
 
     /// Takes in a task this node just created, without reading it back from the document
@@ -339,5 +391,24 @@ impl Replica {
     /// The name members know a node by.
     pub fn node_name(&self, node: &NodeId) -> String {
         self.members.name_of(node)
+    }
+}
+
+/// Notes the valid records of a task just read: their ids as verified, and the newest stamp
+/// among those this node signed (records are never removed, so it only grows, as a rebuild
+/// would find it).
+fn remember_records(
+    verified: &mut BTreeSet<RecordId>,
+    own_stamp_max: &mut Stamp,
+    node: NodeId,
+    stored: &[StoredRecord],
+) {
+    for record in stored {
+        if let StoredRecord::Valid(signed) = record {
+            verified.insert(signed.id());
+            if signed.record().signer == node {
+                *own_stamp_max = (*own_stamp_max).max(signed.record().stamp);
+            }
+        }
     }
 }

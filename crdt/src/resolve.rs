@@ -11,6 +11,7 @@ use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::limits::RECORDS_PER_TASK_MAX;
 use meshwork_protocol::record::{Claim, Handoff, RecordBody};
 use meshwork_protocol::{AgentName, NodeId, RecordId, SignedRecord, Stamp, TaskId};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::gate;
@@ -19,7 +20,7 @@ use crate::probes::ProbeBook;
 use crate::task::TaskFields;
 
 /// The derived state of one task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub status: TaskStatus,
     /// The generation open for claims, or held by `holder`.
@@ -94,7 +95,7 @@ impl QuorumTally {
 }
 
 /// The accepted holder of the current generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub claim: RecordId,
     pub node: NodeId,
@@ -106,7 +107,7 @@ pub struct Holder {
 }
 
 /// A claim that did not win, and why; its records are kept all the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostClaim {
     pub claim: RecordId,
     pub node: NodeId,
@@ -116,7 +117,7 @@ pub struct LostClaim {
     pub reason: LossReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LossReason {
     /// Another claim of the same generation came first in the winner order.
     LostTo {
@@ -158,7 +159,7 @@ impl std::fmt::Display for LossReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimEntry {
     pub node: NodeId,
     pub agent: Option<AgentName>,
@@ -167,7 +168,7 @@ pub struct ClaimEntry {
 }
 
 /// Something a node said about a task, with who and when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Noted<T> {
     pub record: RecordId,
     pub node: NodeId,
@@ -176,7 +177,7 @@ pub struct Noted<T> {
     pub value: T,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressNote {
     pub message: String,
     pub percent: Option<u8>,

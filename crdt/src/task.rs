@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 
 use meshwork_protocol::{NodeId, Requirement, Stamp, TaskId};
+use serde::{Deserialize, Serialize};
 
 /// The editable and creation-time fields of one task. Status is not here: it is derived by
 /// [`crate::resolve::resolve`] from the task's records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFields {
     pub id: TaskId,
     pub title: String,

@@ -26,3 +26,29 @@ fn a_reopened_replica_stamps_after_its_newest_record_even_if_the_clock_went_back
         claimed_at
     );
 }
+
+/// Regression: when two nodes created one task id and a merge brought in the creation that
+/// loses Automerge's conflict, no visible value changed, so the task was not read again and
+/// the clash went unreported until a restart. Both creators see it right after the merge.
+#[test]
+fn both_creators_of_one_task_id_see_the_clash_right_after_a_merge() {
+    use meshwork_protocol::record::{Membership, MembershipAction};
+    let (one, two) = (node_key(1), node_key(2));
+    let agent = AgentName::new("agent").unwrap();
+    let mut a = Replica::found(&one, 1, "one", "mesh", NOW_MS).unwrap().replica;
+    let joined = Membership { action: MembershipAction::Add, member: two.node_id(), name: "two".into(), roles: vec![] };
+    a.change_membership(&one, joined, NOW_MS).unwrap();
+    let mut b = Replica::open(two.node_id(), 1, QueueDoc::load(Some(&a.doc().save()), &[]).unwrap().0);
+    let request = AddTask { id: Some("SAME".into()), title: "t".into(), ..AddTask::default() };
+    a.add_task(Speaker { key: &one, agent: &agent }, &request, NOW_MS + 1, 1).unwrap();
+    b.add_task(Speaker { key: &two, agent: &agent }, &request, NOW_MS + 1, 1).unwrap();
+    let (saved_a, saved_b) = (a.doc().save(), b.doc().save());
+    a.apply_changes(&saved_b, NOW_MS + 2).unwrap();
+    b.apply_changes(&saved_a, NOW_MS + 2).unwrap();
+    let same = TaskId::new("SAME").unwrap();
+    for replica in [&a, &b] {
+        let fields = &replica.task(&same).unwrap().fields;
+        let other = if fields.created_by == one.node_id() { two.node_id() } else { one.node_id() };
+        assert_eq!(fields.id_conflicts, vec![other], "as {} sees it", replica.node());
+    }
+}

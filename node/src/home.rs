@@ -7,6 +7,7 @@
 //! HOME/doc/          snapshots and change logs (see store)
 //! HOME/boot          boot counter (see store::next_boot)
 //! HOME/verified.bin  ids of records whose signatures verified (a cache; damage is ignored)
+//! HOME/derived.bin   the state derived from the document, by its heads (a cache, likewise)
 //! HOME/node.sock     local API socket, mode 0600, while a node runs
 //! HOME/node.lock     held (flock) by the running node
 //! ```
@@ -77,6 +78,11 @@ impl Home {
     /// The verified-records cache (`protocol::verified_cache`).
     pub(crate) fn verified_cache_path(&self) -> PathBuf {
         self.root.join("verified.bin")
+    }
+
+    /// The derived-state cache (`protocol::derived_cache`, `crdt::derived_cache`).
+    pub(crate) fn derived_cache_path(&self) -> PathBuf {
+        self.root.join("derived.bin")
     }
 
     pub(crate) fn socket_path(&self) -> PathBuf {

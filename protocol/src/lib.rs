@@ -4,6 +4,7 @@
 //! Start reading at [`record`] (what nodes sign), then [`identity`] and [`hlc`].
 
 pub mod api;
+pub mod derived_cache;
 pub mod error;
 pub mod hlc;
 pub mod identity;
