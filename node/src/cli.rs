@@ -79,7 +79,16 @@ pub(crate) enum Command {
         all: bool,
     },
     /// Claim a task, or with --next the best task ready for this machine
-    Claim(ClaimTarget),
+    Claim {
+        #[command(flatten)]
+        target: ClaimTarget,
+        /// Count the claim only once a majority of members acknowledged it
+        #[arg(long)]
+        quorum: bool,
+        /// With --quorum: how long to wait for the majority (90s, 2m) [default: 10s]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms, requires = "quorum")]
+        timeout: Option<u64>,
+    },
     /// Extend the lease of a task you hold
     Renew {
         /// The task
@@ -133,6 +142,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// This agent's messages (lost claims are reported here)
+    Inbox {
+        #[command(subcommand)]
+        command: InboxCommand,
+    },
     /// Show this machine's capability probe
     Caps,
     /// Measure a real node process and print a table (see docs/BENCHMARKS.md)
@@ -165,6 +179,18 @@ pub(crate) enum BenchCommand {
         /// Claim, report progress on and finish every task (three signed records each)
         #[arg(long)]
         finish: bool,
+    },
+    /// Nodes on loopback: claim propagation, a conflict storm, and an offline node's merge
+    Mesh {
+        /// Nodes in the mesh for propagation and the conflict storm
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..=16))]
+        nodes: u16,
+        /// Tasks claimed, once each for propagation and by every node in the storm
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        /// Operations done offline (a quarter of them tasks, each added, claimed, progressed, done)
+        #[arg(long, default_value_t = 5000)]
+        ops: usize,
     },
 }
 
@@ -376,6 +402,33 @@ impl ExportFormat {
 pub(crate) enum MeshCommand {
     /// List the mesh's members
     Members,
+    /// Print a one-time token that lets another node join this mesh
+    Invite {
+        /// How long the token stays valid (90s, 30m, 2h, 1d) [default: 1h, at most 7d]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+        ttl: Option<u64>,
+    },
+    /// Join the mesh of an invite token; returns once this node is a member
+    Join {
+        /// The token `meshwork mesh invite` printed on a member
+        token: String,
+    },
+    /// Remove a member by a signed record; its later records do not count
+    Remove {
+        /// The member's node id (12D3KooW...)
+        node: String,
+    },
+}
+
+/// `meshwork inbox ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum InboxCommand {
+    /// Show this agent's messages and mark them read
+    Read {
+        /// Only messages not read before
+        #[arg(long)]
+        unread: bool,
+    },
 }
 
 fn status_parser() -> PossibleValuesParser {
@@ -468,6 +521,7 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
             let measured = match command {
                 BenchCommand::Node { ops, clients } => crate::bench::node(ops, &clients),
                 BenchCommand::ColdStart { tasks, starts, finish } => crate::bench::cold_start(tasks, starts, finish),
+                BenchCommand::Mesh { nodes, tasks, ops } => crate::bench::mesh(usize::from(nodes), tasks, ops),
             };
             measured.map_err(|error| error_body(&error))
         }
@@ -565,6 +619,9 @@ enum Answer {
     Status,
     Stopping,
     Members,
+    Invite,
+    Joined,
+    Messages,
 }
 
 impl ApiCall {
@@ -607,8 +664,8 @@ fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
             let path = if all { "/v1/ready?all=true" } else { "/v1/ready" };
             ApiCall::get(path.to_owned(), Answer::Tasks)
         }
-        Command::Claim(target) => {
-            let body = ClaimTask { task: target.id, next: target.next };
+        Command::Claim { target, quorum, timeout } => {
+            let body = ClaimTask { task: target.id, next: target.next, quorum, timeout_ms: timeout };
             ApiCall::post("/v1/claim".to_owned(), to_body(&body)?, Answer::Task(TaskAction::Claimed))
         }
         Command::Renew { id } => ApiCall::on_task(&id, "renew", None, TaskAction::Renewed),
@@ -621,6 +678,22 @@ fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
         Command::Fail { id, reason } => ApiCall::on_task(&id, "fail", note(Some(reason), None)?, TaskAction::Failed),
         Command::Approve { id } => ApiCall::on_task(&id, "approve", None, TaskAction::Approved),
         Command::Mesh { command: MeshCommand::Members } => ApiCall::get("/v1/members".to_owned(), Answer::Members),
+        Command::Mesh { command: MeshCommand::Invite { ttl } } => {
+            let body = meshwork_protocol::api::InviteRequest { ttl_ms: ttl };
+            ApiCall::post("/v1/mesh/invite".to_owned(), to_body(&body)?, Answer::Invite)
+        }
+        Command::Mesh { command: MeshCommand::Join { token } } => {
+            let body = meshwork_protocol::api::JoinMesh { token };
+            ApiCall::post("/v1/mesh/join".to_owned(), to_body(&body)?, Answer::Joined)
+        }
+        Command::Mesh { command: MeshCommand::Remove { node } } => {
+            let body = meshwork_protocol::api::RemoveMember { node_id: node };
+            ApiCall::post("/v1/mesh/remove".to_owned(), to_body(&body)?, Answer::Members)
+        }
+        Command::Inbox { command: InboxCommand::Read { unread } } => {
+            let body = meshwork_protocol::api::InboxRead { unread };
+            ApiCall::post("/v1/inbox/read".to_owned(), to_body(&body)?, Answer::Messages)
+        }
         Command::Init { .. }
         | Command::Node { command: NodeCommand::Start(_) }
         | Command::Caps
@@ -738,6 +811,11 @@ fn render_answer(answer: Answer, response: &Response, home: &Path) -> Result<Str
             response.json::<Vec<meshwork_crdt::export::MemberView>>().map(|members| output::members_table(&members))
         }
         Answer::Stopping => Ok(format!("stopped the node for {}\n", home.display())),
+        Answer::Invite => response.json::<meshwork_protocol::api::InviteView>().map(|invite| output::invite(&invite)),
+        Answer::Joined => response.json::<meshwork_protocol::api::JoinedView>().map(|joined| output::joined(&joined)),
+        Answer::Messages => {
+            response.json::<Vec<meshwork_protocol::api::MessageView>>().map(|messages| output::messages(&messages))
+        }
     };
     match rendered {
         Ok(text) => Ok(text),
@@ -841,7 +919,7 @@ mod tests {
     #[test]
     fn claim_requires_exactly_one_of_id_and_next() {
         let target = |args: &[&str]| match parse_args(args) {
-            Ok(Cli { command: Command::Claim(target), .. }) => Ok((target.id, target.next)),
+            Ok(Cli { command: Command::Claim { target, .. }, .. }) => Ok((target.id, target.next)),
             Ok(other) => panic!("not a claim: {other:?}"),
             Err(error) => Err(error.kind()),
         };
@@ -946,10 +1024,15 @@ mod tests {
             call_for(&["task", "edit", "W-1"]),
             call_for(&["task", "show", ".."]),
             call_for(&["handoff", "W-1", "--commit", "abc", "--next", "tests"]),
+            call_for(&["claim", "W-1", "--quorum", "--timeout", "30s"]),
+            call_for(&["mesh", "invite", "--ttl", "2h"]),
+            call_for(&["mesh", "join", "mwinvite1.abc"]),
+            call_for(&["mesh", "remove", "12D3KooWPeer"]),
+            call_for(&["inbox", "read", "--unread"]),
         ];
         expect_test::expect![[r#"
-            POST /v1/claim {"next":true,"task":null}
-            POST /v1/claim {"next":false,"task":"W-1"}
+            POST /v1/claim {"next":true,"quorum":false,"task":null,"timeout_ms":null}
+            POST /v1/claim {"next":false,"quorum":false,"task":"W-1","timeout_ms":null}
             GET /v1/tasks?status=open&status=claimed 
             GET /v1/ready?all=true 
             POST /v1/tasks/W%2E1/progress {"percent":50,"text":"half way"}
@@ -957,6 +1040,11 @@ mod tests {
             error: USAGE: nothing to change; pass at least one of --title, --description, --priority, --after, --not-after, --requires, --prefers, --lease, --max-attempts
             GET /v1/tasks/%2E%2E 
             POST /v1/tasks/W-1/handoff {"commits":["abc"],"files":[],"next":"tests","risks":[],"tests":[]}
+            POST /v1/claim {"next":false,"quorum":true,"task":"W-1","timeout_ms":30000}
+            POST /v1/mesh/invite {"ttl_ms":7200000}
+            POST /v1/mesh/join {"token":"mwinvite1.abc"}
+            POST /v1/mesh/remove {"node_id":"12D3KooWPeer"}
+            POST /v1/inbox/read {"unread":true}
         "#]]
         .assert_eq(&(calls.join("\n") + "\n"));
     }

@@ -24,7 +24,7 @@ pub(crate) const SOCKET_FILE_NAME: &str = "node.sock";
 /// How long connecting to the node's socket may take.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How long one request may take, from sending it to the last byte of the answer.
-const REQUEST_TIMEOUT_MS: u64 = 30_000;
+const REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// Largest answer the client reads: a whole export fits well below it.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How often `node stop` looks whether the node is gone.

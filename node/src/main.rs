@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod daemon;
 mod home;
+mod net;
 mod output;
 mod probe;
 mod store;

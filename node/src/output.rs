@@ -272,12 +272,49 @@ pub(crate) fn node_status(status: &NodeStatus) -> String {
 }
 
 fn peer_row(peer: &PeerView) -> Vec<String> {
-    let state = match (&peer.connected, &peer.last_seen) {
-        (true, _) => "connected".to_owned(),
-        (false, Some(seen)) => format!("last seen {seen}"),
-        (false, None) => "never seen".to_owned(),
+    let mut state = match (&peer.connected, &peer.last_seen, peer.rtt_ms) {
+        (true, _, Some(rtt)) => format!("connected, {rtt:.1} ms"),
+        (true, _, None) => "connected".to_owned(),
+        (false, Some(seen), _) => format!("last seen {seen}"),
+        (false, None, _) => "never seen".to_owned(),
     };
+    if peer.bad_frames > 0 {
+        state.push_str(&format!(", {} bad frames", peer.bad_frames));
+    }
     vec![peer.name.clone(), peer.node_id.clone(), state, peer.addrs.join(", ")]
+}
+
+/// `mesh invite`: the token alone on its line, so it is easy to copy.
+pub(crate) fn invite(invite: &meshwork_protocol::api::InviteView) -> String {
+    format!(
+        "{}\n\nOn the other machine, with its node running: meshwork mesh join TOKEN\n\
+         The token works once, until {}.\n",
+        invite.token, invite.expires_at
+    )
+}
+
+/// `mesh join`.
+pub(crate) fn joined(joined: &meshwork_protocol::api::JoinedView) -> String {
+    format!(
+        "joined mesh {} through {}: {} members, {} tasks\n",
+        joined.mesh_id, joined.inviter, joined.members, joined.tasks
+    )
+}
+
+/// `inbox read`: one block per message, oldest first.
+pub(crate) fn messages(messages: &[meshwork_protocol::api::MessageView]) -> String {
+    if messages.is_empty() {
+        return "no messages\n".to_owned();
+    }
+    let mut out = String::new();
+    for message in messages {
+        let new = if message.read { "" } else { " (new)" };
+        out.push_str(&format!(
+            "{} {} from {} [{}]{new}\n  {}\n  {}\n",
+            message.at, message.id, message.from, message.priority, message.subject, message.body
+        ));
+    }
+    out
 }
 
 /// `mesh members`: one row per member.
@@ -600,6 +637,8 @@ mod tests {
                     addrs: vec!["/ip4/10.0.0.2/tcp/4001".to_owned()],
                     connected: true,
                     last_seen: None,
+                    rtt_ms: Some(0.4),
+                    bad_frames: 0,
                 },
                 PeerView {
                     node_id: "12D3KooWPeer2".to_owned(),
@@ -607,10 +646,13 @@ mod tests {
                     addrs: Vec::new(),
                     connected: false,
                     last_seen: Some("2026-11-20T10:00:00.000Z".to_owned()),
+                    rtt_ms: None,
+                    bad_frames: 2,
                 },
             ],
             tasks: 12,
             rejected_records: 0,
+            refused_connections: 0,
             skipped_files: Vec::new(),
             started_at: "2026-11-21T06:00:00.000Z".to_owned(),
             pid: 4242,
@@ -620,6 +662,8 @@ mod tests {
                 submissions: 12,
                 log_bytes: 4096,
             },
+            sync_bytes_sent: 0,
+            sync_bytes_received: 0,
         };
         expect_test::expect![[r#"
             node:              laptop (12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ)
@@ -632,9 +676,9 @@ mod tests {
             tasks:             12
             rejected records:  0
             peers:
-              NAME  NODE ID        STATE                               ADDRESSES
-              desk  12D3KooWPeer1  connected                           /ip4/10.0.0.2/tcp/4001
-              ci    12D3KooWPeer2  last seen 2026-11-20T10:00:00.000Z
+              NAME  NODE ID        STATE                                             ADDRESSES
+              desk  12D3KooWPeer1  connected, 0.4 ms                                 /ip4/10.0.0.2/tcp/4001
+              ci    12D3KooWPeer2  last seen 2026-11-20T10:00:00.000Z, 2 bad frames
         "#]]
         .assert_eq(&node_status(&status));
     }

@@ -199,7 +199,15 @@ pub struct EditTask {
 pub struct ClaimTask {
     pub task: Option<String>,
     pub next: bool,
+    /// `claim --quorum`: the claim counts once a majority of members acknowledged it.
+    pub quorum: bool,
+    /// With `quorum`: how long the node waits for the majority before answering `CONFLICT`
+    /// (retryable); [`QUORUM_TIMEOUT_MS_DEFAULT`] when absent.
+    pub timeout_ms: Option<u64>,
 }
+
+/// How long `claim --quorum` waits for a majority when no timeout is given.
+pub const QUORUM_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 /// Body of the text-carrying task operations (release, progress, done, fail, cancel).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -233,11 +241,21 @@ pub struct NodeStatus {
     pub peers: Vec<PeerView>,
     pub tasks: usize,
     pub rejected_records: u64,
+    /// Connections refused right after the handshake because the peer is not a member.
+    #[serde(default)]
+    pub refused_connections: u64,
     /// Files the node could not read at start and left in place.
     pub skipped_files: Vec<String>,
     pub started_at: String,
     pub pid: u32,
     pub storage: StorageView,
+    /// Bytes of sync frames (length prefixes included, transport overhead not) written to
+    /// peers since the node started.
+    #[serde(default)]
+    pub sync_bytes_sent: u64,
+    /// Bytes of sync frames read from peers since the node started.
+    #[serde(default)]
+    pub sync_bytes_received: u64,
 }
 
 /// What the node's storage did since it started.
@@ -286,6 +304,20 @@ pub struct JoinMesh {
     pub token: String,
 }
 
+/// `POST /v1/mesh/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveMember {
+    pub node_id: String,
+}
+
+/// `POST /v1/inbox/read`: the speaking agent's messages, marked read as they are returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxRead {
+    /// Only messages not read before.
+    #[serde(default)]
+    pub unread: bool,
+}
+
 /// `mesh join --json`: the mesh this node now belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinedView {
@@ -317,4 +349,6 @@ pub struct MessageView {
     pub at: String,
     pub read: bool,
     pub acked: bool,
+    /// The task the message is about, if any.
+    pub task: Option<String>,
 }

@@ -41,7 +41,13 @@ pub struct TestNode {
     bin: PathBuf,
     home: tempfile::TempDir,
     child: Option<Child>,
+    /// The flags of `node start` besides the home: `--offline` unless the node is online.
+    start_flags: Vec<String>,
 }
+
+/// `node start` flags of an online test node: loopback only, no mDNS, OS-chosen ports.
+pub const LOOPBACK_FLAGS: [&str; 5] =
+    ["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"];
 
 impl TestNode {
     /// A fresh home with `meshwork init`, and a running offline node.
@@ -55,18 +61,46 @@ impl TestNode {
 
     /// A fresh, empty home with no node running.
     pub fn stopped(bin: &str) -> TestNode {
-        TestNode { bin: PathBuf::from(bin), home: tempfile::tempdir().expect("a temporary home"), child: None }
+        TestNode {
+            bin: PathBuf::from(bin),
+            home: tempfile::tempdir().expect("a temporary home"),
+            child: None,
+            start_flags: vec!["--offline".to_owned()],
+        }
+    }
+
+    /// A fresh home named `name`, and a running node on loopback (see [`LOOPBACK_FLAGS`]).
+    pub fn online(bin: &str, name: &str) -> TestNode {
+        let mut node = TestNode::stopped(bin);
+        let init = node.cli(&["init", "--name", name, "--json"]);
+        assert_eq!(init.code, 0, "init failed: {init:?}");
+        node.set_start_flags(&LOOPBACK_FLAGS);
+        node.launch();
+        node
+    }
+
+    /// The `node start` flags for the next launches.
+    pub fn set_start_flags(&mut self, flags: &[&str]) {
+        self.start_flags = flags.iter().map(|flag| (*flag).to_owned()).collect();
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> String {
+        self.ok(&["node", "status"])["node_id"].as_str().unwrap_or_default().to_owned()
     }
 
     pub fn home(&self) -> &Path {
         self.home.path()
     }
 
-    /// Starts `meshwork node start --offline` and waits until `node status` answers.
+    /// Starts `meshwork node start` (offline unless [`TestNode::online`]) and waits until
+    /// `node status` answers.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "the node is running already");
         let child = Command::new(&self.bin)
-            .args(["node", "start", "--offline", "--home"])
+            .args(["node", "start"])
+            .args(&self.start_flags)
+            .arg("--home")
             .arg(self.home.path())
             .env("MESHWORK_LOG", "warn")
             .stdin(Stdio::null())
@@ -163,4 +197,19 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        sleep(Duration::from_millis(25));
+    }
+}
+
+/// Makes `joiner` a member of `inviter`'s mesh through `mesh invite` and `mesh join`.
+pub fn join(inviter: &TestNode, joiner: &TestNode) -> Value {
+    let token = inviter.ok(&["mesh", "invite"])["token"].as_str().unwrap_or_default().to_owned();
+    joiner.ok(&["mesh", "join", &token])
 }

@@ -300,3 +300,121 @@ fn a_damaged_verified_records_cache_is_ignored() {
     assert_eq!(node.ok(&["export"]), before);
     assert_eq!(node.ok(&["node", "status"])["rejected_records"], 0);
 }
+
+/// Fills a node with tasks in several states and stops it cleanly (which writes the start
+/// caches); returns the export from before the stop.
+fn busy_node_stopped(node: &mut TestNode) -> serde_json::Value {
+    node.ok(&["task", "add", "a", "--id", "A"]);
+    node.ok(&["task", "add", "b", "--id", "B", "--after", "A"]);
+    node.ok(&["task", "add", "c", "--id", "C", "--requires", "os=linux"]);
+    node.ok(&["claim", "A"]);
+    node.ok(&["progress", "A", "half", "--percent", "50"]);
+    node.ok(&["done", "A", "--summary", "ok"]);
+    node.ok(&["task", "cancel", "C", "--reason", "not needed"]);
+    let before = node.ok(&["export"]);
+    node.terminate();
+    before
+}
+
+/// Starts the node with its log at `info` into a file, waits for its first answer, stops it
+/// with SIGTERM; returns the log without colour codes.
+fn start_and_stop_logging(node: &TestNode) -> String {
+    let log = node.home().join("start.log");
+    let child = std::process::Command::new(BIN)
+        .args(["node", "start", "--offline", "--home"])
+        .arg(node.home())
+        .env("MESHWORK_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("create the log file"))
+        .spawn()
+        .expect("spawn meshwork node start");
+    let mut child = Guard(child);
+    let started = std::time::Instant::now();
+    while node.cli(&["node", "status"]).code != 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status();
+    let _ = child.0.wait();
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    strip_colours(&text)
+}
+
+/// A child process killed when dropped, so a failed assertion leaves no node running.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().take_while(|c| *c != 'm').for_each(drop);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A clean restart takes every task's state from the derived-state cache the stop wrote,
+/// and serves the same queue.
+#[test]
+fn a_clean_restart_takes_the_derived_state_from_its_cache() {
+    let mut node = TestNode::start(BIN);
+    let before = busy_node_stopped(&mut node);
+    assert!(node.home().join("derived.bin").exists(), "a clean stop writes the derived-state cache");
+    let log = start_and_stop_logging(&node);
+    assert!(log.contains("derived_cache=used"), "{log}");
+    node.launch();
+    assert_eq!(node.ok(&["export"]), before);
+}
+
+/// The derived-state cache is only a cache: damaged (a flipped byte, cut short, not a cache
+/// at all), it is ignored and every task's state derived; the queue comes back whole.
+#[test]
+fn a_damaged_derived_state_cache_is_ignored() {
+    let mut node = TestNode::start(BIN);
+    let before = busy_node_stopped(&mut node);
+    let cache = node.home().join("derived.bin");
+    let intact = std::fs::read(&cache).expect("a clean stop writes the derived-state cache");
+    let mut flipped = intact.clone();
+    flipped[intact.len() / 2] ^= 0x01;
+    for damaged in [flipped, intact[..intact.len() / 2].to_vec(), b"not a cache".to_vec()] {
+        std::fs::write(&cache, &damaged).expect("damage the cache");
+        node.launch();
+        assert_eq!(node.ok(&["export"]), before);
+        assert_eq!(node.ok(&["node", "status"])["rejected_records"], 0);
+        node.terminate();
+    }
+}
+
+/// A derived-state cache of an older state of the document (as after a crash, or a cache
+/// restored from a backup) is refused by its heads; every task, old and new, is served.
+#[test]
+fn a_stale_derived_state_cache_is_refused_and_every_task_served() {
+    let mut node = TestNode::start(BIN);
+    node.ok(&["task", "add", "old", "--id", "OLD"]);
+    node.terminate();
+    let cache = node.home().join("derived.bin");
+    let stale = std::fs::read(&cache).expect("a clean stop writes the derived-state cache");
+    node.launch();
+    node.ok(&["task", "add", "new", "--id", "NEW"]);
+    node.ok(&["claim", "OLD"]);
+    let before = node.ok(&["export"]);
+    node.terminate();
+    std::fs::write(&cache, &stale).expect("put the stale cache back");
+    let log = start_and_stop_logging(&node);
+    assert!(log.contains("derived_cache=other-document"), "{log}");
+    node.launch();
+    assert_eq!(node.ok(&["export"]), before);
+    assert_eq!(node.ok(&["task", "show", "OLD"])["status"], "claimed");
+    assert_eq!(node.ok(&["node", "status"])["tasks"], 2);
+}

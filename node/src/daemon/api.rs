@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshwork_protocol::api::{
-    AGENT_HEADER, AddTask, ClaimTask, EditTask, HandoffRequest, REQUEST_ID_HEADER, TaskNote, TaskStatus,
+    AGENT_HEADER, AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, REQUEST_ID_HEADER,
+    RemoveMember, TaskNote, TaskStatus,
 };
 use meshwork_protocol::error::{ErrorBody, ErrorEnvelope};
 use meshwork_protocol::limits::{API_BODY_BYTES_MAX, REQUEST_ID_BYTES_MAX};
@@ -40,6 +41,10 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/export", get(export))
         .route("/v1/members", get(members))
         .route("/v1/caps", get(caps))
+        .route("/v1/mesh/invite", post(invite))
+        .route("/v1/mesh/join", post(join))
+        .route("/v1/mesh/remove", post(remove_member))
+        .route("/v1/inbox/read", post(inbox_read))
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -241,4 +246,44 @@ async fn members(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult
 
 async fn caps(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
     query(&state, &headers, Query::Caps).await
+}
+
+async fn invite(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Result<Json<InviteRequest>, JsonRejection>,
+) -> ApiResult {
+    caller(&headers)?;
+    let request = optional_body(request)?;
+    Ok(Json(state.queue.invite(request.ttl_ms).await?).into_response())
+}
+
+async fn join(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Result<Json<JoinMesh>, JsonRejection>,
+) -> ApiResult {
+    caller(&headers)?;
+    Ok(Json(state.queue.join(body(request)?.token).await?).into_response())
+}
+
+async fn remove_member(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Result<Json<RemoveMember>, JsonRejection>,
+) -> ApiResult {
+    caller(&headers)?;
+    let node = body(request)?.node_id;
+    let node = node.parse().map_err(|_| ApiError(ErrorBody::invalid_input(format!("{node:?} is not a node id"))))?;
+    Ok(Json(state.queue.remove_member(node).await?).into_response())
+}
+
+async fn inbox_read(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Result<Json<InboxRead>, JsonRejection>,
+) -> ApiResult {
+    let (agent, _) = caller(&headers)?;
+    let request = optional_body(request)?;
+    Ok(Json(state.queue.inbox_read(agent, request.unread).await?).into_response())
 }

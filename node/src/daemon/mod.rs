@@ -6,7 +6,9 @@
 //! socket. Shutdown runs the other way and flushes the store last.
 
 mod api;
+mod mesh;
 mod queue;
+mod start_caches;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use meshwork_crdt::{QueueDoc, Replica};
+use meshwork_crdt::{CacheUse, QueueDoc, Replica};
 use meshwork_protocol::api::InitView;
 use meshwork_protocol::storage::Frame;
 use meshwork_protocol::{NodeKey, Probe};
@@ -24,10 +26,11 @@ use tracing::{info, warn};
 
 use crate::cli::StartOptions;
 use crate::home::{Config, Home, MeshFile, default_node_name};
+use crate::net::{NetConfig, NetHandle, Network};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
 use crate::store::{self, StoreConfig, StoreHandle};
-pub(crate) use queue::now_ms;
 use queue::{NodeFacts, QueueActor, RequestTable};
+pub(crate) use queue::{QueueHandle, now_ms};
 
 /// `meshwork init`: creates the home, the key and a mesh of one. Run again, it reports the
 /// home as it is.
@@ -87,33 +90,30 @@ fn probe_config(home: &Home, config: Option<&Config>) -> ProbeConfig {
 /// `meshwork node start`: runs the node in the foreground until it is told to stop.
 pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
     init_tracing();
-    if !options.offline {
-        // The mesh (listening, peers, mDNS) arrives with the networking layer; until then a
-        // node works on its own, which is exactly `--offline`.
-        warn!("this build has no networking yet; the node runs as with --offline");
+    if options.dashboard.is_some() {
+        warn!("the dashboard is not part of this build yet; --dashboard is ignored");
     }
+    let parse = |flag: &str, addrs: &[String]| -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+        addrs.iter().map(|addr| addr.parse().with_context(|| format!("{flag} {addr} is not a multiaddr"))).collect()
+    };
     let home = Home::new(root.to_path_buf());
+    let network = (!options.offline)
+        .then(|| -> anyhow::Result<NetConfig> {
+            Ok(NetConfig {
+                listen: parse("--listen", &options.listen)?,
+                peers: parse("--peer", &options.peers)?,
+                mdns: !options.no_mdns,
+                home: home.root().to_path_buf(),
+            })
+        })
+        .transpose()?;
     if !home.is_initialised() {
         let view = init(root, None)?;
         info!(node_id = %view.node_id, home = %view.home, "initialised a new home");
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(run(home))
-}
-
-/// The verified-records cache, or an empty set when it is missing or damaged (then every
-/// signature is checked, which only takes longer).
-fn read_verified_cache(home: &Home) -> std::collections::BTreeSet<meshwork_protocol::RecordId> {
-    let path = home.verified_cache_path();
-    let Ok(bytes) = fs::read(&path) else { return Default::default() };
-    match meshwork_protocol::verified_cache::decode_verified_cache(&bytes) {
-        Some(ids) => ids.into_iter().collect(),
-        None => {
-            warn!(path = %path.display(), "the verified-records cache is damaged; checking every signature");
-            Default::default()
-        }
-    }
+    runtime.block_on(run(home, network))
 }
 
 /// Logs to stderr; `MESHWORK_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
@@ -135,6 +135,8 @@ struct Recovery {
 }
 
 fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
+    // The start caches are read on a thread of their own while the document loads.
+    let caches = start_caches::read_in_background(home, key.node_id());
     let mut boot = store::next_boot(home.root())?;
     let (writer, recovered) = store::open(&home.doc_dir(), StoreConfig::default())?;
     let mut skipped: Vec<String> = recovered.skipped.iter().map(ToString::to_string).collect();
@@ -147,23 +149,32 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
             .iter()
             .map(|(index, error)| format!("change chunk {index} in {}: {error}", home.doc_dir().display())),
     );
-    // Belt and braces: never reuse an actor id the document already holds, even if the boot
-    // file was lost or restored from an old backup.
-    while doc.highest_boot_of(&key.node_id()).is_some_and(|highest| highest >= boot) {
-        boot = store::next_boot(home.root())?;
-    }
     for line in &skipped {
         warn!("skipped while loading: {line}");
     }
     let loaded_ms = loading.elapsed().as_millis();
+    let caches = caches.join();
     let deriving = std::time::Instant::now();
-    let verified = read_verified_cache(home);
-    let replica = Replica::open_with_verified(key.node_id(), boot, doc, verified);
+    let (derived, derived_cache) = start_caches::decode_for(home, caches.derived, &doc);
+    // Belt and braces: never reuse an actor id the document already holds, even if the boot
+    // file was lost or restored from an old backup. The derived-state cache of this very
+    // document knows the highest boot without reading every change's metadata.
+    let highest_boot = match &derived {
+        Some(cache) => cache.highest_boot(),
+        None => doc.highest_boot_of(&key.node_id()),
+    };
+    while highest_boot.is_some_and(|highest| highest >= boot) {
+        boot = store::next_boot(home.root())?;
+    }
+    let (replica, cache_use) = Replica::open_with_cache(key.node_id(), boot, doc, caches.verified, derived);
+    let derived_cache = if cache_use == CacheUse::OtherDocument { "other-document" } else { derived_cache };
     info!(
         tasks = replica.tasks().len(),
         load_ms = loaded_ms,
+        caches_ms = caches.read_ms,
         derive_ms = deriving.elapsed().as_millis(),
-        "loaded the document and derived every task's state"
+        %derived_cache,
+        "loaded the document and its derived state"
     );
     if replica.mesh().is_none() {
         bail!(
@@ -176,47 +187,76 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
     Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped })
 }
 
-async fn run(home: Home) -> anyhow::Result<()> {
-    let _lock = home.lock()?;
-    let key = Arc::new(home.load_key()?);
-    let config = home.load_config()?;
-    let recovery = recover(&home, &key)?;
-    info!(node_id = %key.node_id(), tasks = recovery.replica.tasks().len(), "recovered the queue");
-    let actor = QueueActor {
+/// The queue actor over a recovered replica, before it runs.
+fn queue_actor(home: &Home, key: Arc<NodeKey>, config: &Config, recovery: Recovery, net: NetHandle) -> QueueActor {
+    QueueActor {
         replica: recovery.replica,
-        key: Arc::clone(&key),
+        key,
         store: recovery.store,
         requests: recovery.requests,
         facts: NodeFacts {
             name: config.name.clone(),
             home: home.root().display().to_string(),
-            offline: true,
             skipped_files: recovery.skipped,
             started_at_ms: now_ms(),
         },
         needs_snapshot: false,
         write_failed: Arc::default(),
         verified_cache: home.verified_cache_path(),
-    };
+        home: home.clone(),
+        engine: meshwork_crdt::sync::SyncEngine::default(),
+        links: Default::default(),
+        net,
+        invites: mesh::Invites::load(&mesh::Invites::path(home.root())),
+        // Replaced by `QueueActor::spawn` with the actor's own channel.
+        commands: tokio::sync::mpsc::channel(1).0.downgrade(),
+    }
+}
+
+async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
+    let _lock = home.lock()?;
+    let key = Arc::new(home.load_key()?);
+    let config = home.load_config()?;
+    let recovery = recover(&home, &key)?;
+    info!(node_id = %key.node_id(), tasks = recovery.replica.tasks().len(), "recovered the queue");
+    let (net, net_commands) = NetHandle::new(network.is_none());
+    let actor = queue_actor(&home, Arc::clone(&key), &config, recovery, net.clone());
     // With no probe of this machine in the document yet (a first start), gates could refuse
     // every task with requirements: probe before serving. Later starts serve at once with
     // the stored probe and refresh it in the background.
     let has_probe = actor.replica.probes().latest(&key.node_id()).is_some();
+    let allowlist = actor.allowlist();
     let (queue, actor_task) = actor.spawn();
     let probing = spawn_probe(&home, &config, queue.clone());
     if !has_probe {
         let _ = probing.await;
     }
     let shutdown = CancellationToken::new();
+    let network_task = match network {
+        Some(config) => {
+            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist)?;
+            Some(tokio::spawn(network.run(net_commands, shutdown.clone())))
+        }
+        None => {
+            // Offline: nothing reads network commands.
+            drop(net_commands);
+            None
+        }
+    };
     let listener = bind_socket(&home)?;
     let router = api::router(api::ApiState { queue: queue.clone(), shutdown: shutdown.clone() });
     let server =
         tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stop_signal(shutdown.clone())).into_future());
-    println!("meshwork node {} serving {} (offline)", key.node_id(), home.socket_path().display());
+    let mode = if network_task.is_some() { "online" } else { "offline" };
+    println!("meshwork node {} serving {} ({mode})", key.node_id(), home.socket_path().display());
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => warn!(%error, "the local API stopped with an error"),
         Err(error) => warn!(%error, "the local API task failed"),
+    }
+    shutdown.cancel();
+    if let Some(task) = network_task {
+        let _ = task.await;
     }
     queue.stop().await;
     let _ = actor_task.await;

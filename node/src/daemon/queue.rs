@@ -71,20 +71,53 @@ pub(crate) enum QueryAnswer {
     Bytes(Vec<u8>),
 }
 
-enum Command {
-    Mutate { agent: AgentName, request_id: Option<String>, mutation: Box<Mutation>, reply: oneshot::Sender<Answer> },
-    Query { query: Query, reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>> },
-    PublishProbe { probe: Box<Probe>, reply: oneshot::Sender<Answer> },
-    Stop { reply: oneshot::Sender<()> },
+pub(super) enum Command {
+    Mutate {
+        agent: AgentName,
+        request_id: Option<String>,
+        mutation: Box<Mutation>,
+        reply: oneshot::Sender<Answer>,
+    },
+    Query {
+        query: Query,
+        reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>>,
+    },
+    PublishProbe {
+        probe: Box<Probe>,
+        reply: oneshot::Sender<Answer>,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+    Mesh(Box<super::mesh::MeshCommand>),
+    /// A claim's settle time passed: check it still wins, then answer.
+    Settled(Box<SettledClaim>),
 }
+
+/// A claim waiting out its settle time.
+pub(super) struct SettledClaim {
+    agent: AgentName,
+    task: TaskId,
+    request_key: Option<String>,
+    reply: oneshot::Sender<Answer>,
+    /// The claim record, when one was written or found.
+    claim: Option<meshwork_protocol::RecordId>,
+    /// A quorum claim waits for its majority until then.
+    quorum_deadline: Option<tokio::time::Instant>,
+    /// Whether the success was kept for the request id when the claim was written.
+    kept: bool,
+}
+
+/// How often a quorum claim looks whether its majority arrived.
+const QUORUM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A cloneable handle on the queue actor.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueHandle {
-    commands: mpsc::Sender<Command>,
+    pub(super) commands: mpsc::Sender<Command>,
 }
 
-fn unavailable() -> ErrorBody {
+pub(super) fn unavailable() -> ErrorBody {
     ErrorBody::new(ErrorCode::NodeUnavailable, "the node is stopping").retryable()
 }
 
@@ -125,7 +158,6 @@ impl QueueHandle {
 pub(crate) struct NodeFacts {
     pub(crate) name: String,
     pub(crate) home: String,
-    pub(crate) offline: bool,
     pub(crate) skipped_files: Vec<String>,
     pub(crate) started_at_ms: u64,
 }
@@ -184,6 +216,15 @@ pub(crate) struct QueueActor {
     pub(crate) write_failed: Arc<AtomicBool>,
     /// Where the verified-records cache is written with each snapshot and at stop.
     pub(crate) verified_cache: std::path::PathBuf,
+    pub(crate) home: crate::home::Home,
+    /// The sync engine: one session per connected member.
+    pub(crate) engine: meshwork_crdt::sync::SyncEngine,
+    /// The open sync link per peer.
+    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, super::mesh::Link>,
+    pub(crate) net: crate::net::NetHandle,
+    pub(crate) invites: super::mesh::Invites,
+    /// The actor's own command channel, for work that comes back to it (pushes, settles).
+    pub(crate) commands: mpsc::WeakSender<Command>,
 }
 
 impl std::fmt::Debug for QueueActor {
@@ -199,8 +240,9 @@ pub(crate) fn now_ms() -> u64 {
 
 impl QueueActor {
     /// Starts the actor on the current tokio runtime.
-    pub(crate) fn spawn(self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+    pub(crate) fn spawn(mut self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        self.commands = commands.downgrade();
         let task = tokio::spawn(self.run(receiver));
         (QueueHandle { commands }, task)
     }
@@ -220,6 +262,8 @@ impl QueueActor {
                     let _ = reply.send(());
                     return;
                 }
+                Command::Mesh(command) => self.on_mesh(*command).await,
+                Command::Settled(settled) => self.settled(*settled).await,
             }
         }
     }
@@ -254,13 +298,129 @@ impl QueueActor {
         {
             frames.push(Frame::Changes(applied.changes.clone()));
         }
+        // A quorum claim's answer is known only once its majority arrived (or did not).
+        let quorum_timeout_ms = match &mutation {
+            Mutation::Claim(ClaimTask { quorum: true, timeout_ms, .. }) if answer.is_ok() => {
+                Some(timeout_ms.unwrap_or(meshwork_protocol::api::QUORUM_TIMEOUT_MS_DEFAULT))
+            }
+            _ => None,
+        };
+        let settling = matches!(mutation, Mutation::Claim(_))
+            && answer.is_ok()
+            && (quorum_timeout_ms.is_some() || !frames.is_empty());
         // Retryable failures are not kept: repeating the request must be able to succeed.
-        if let Some(key) = request_key.filter(|_| answer.as_ref().err().is_none_or(|error| !error.retryable)) {
+        let keep_now = answer.as_ref().err().is_none_or(|error| !error.retryable) && quorum_timeout_ms.is_none();
+        if let Some(key) = request_key.clone().filter(|_| keep_now) {
             let entry = RequestEntry { key, response: encode_answer(&answer), unix_ms: now };
             self.requests.insert(entry.clone());
             frames.push(Frame::Request(entry));
         }
-        self.write_then_answer(frames, answer, reply).await;
+        match outcome {
+            Ok(applied) if settling => {
+                let quorum_deadline =
+                    quorum_timeout_ms.map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+                let settled = SettledClaim {
+                    agent,
+                    task: applied.task,
+                    request_key,
+                    reply,
+                    claim: applied.record,
+                    quorum_deadline,
+                    kept: keep_now,
+                };
+                self.write_then_settle(frames, answer, settled).await
+            }
+            _ => self.write_then_answer(frames, answer, reply).await,
+        }
+    }
+
+    /// A new claim: durable, pushed to peers, then answered after the settle time, once a
+    /// re-derivation shows it still wins (DESIGN.md: a claim waits a short settle time).
+    /// A quorum claim is answered once it counts, loses, or its time runs out.
+    async fn write_then_settle(&mut self, frames: Vec<Frame>, answer: Answer, settled: SettledClaim) {
+        let (durable_reply, durable) = oneshot::channel();
+        self.write_then_answer(frames, answer, durable_reply).await;
+        let settle = std::time::Duration::from_millis(self.net.facts().settle_ms());
+        let Some(commands) = self.commands.upgrade() else { return };
+        tokio::spawn(async move {
+            let answer = durable.await.unwrap_or_else(|_| Err(unavailable()));
+            if answer.is_err() || (settle.is_zero() && settled.quorum_deadline.is_none()) {
+                let _ = settled.reply.send(answer);
+                return;
+            }
+            tokio::time::sleep(settle).await;
+            let _ = commands.send(Command::Settled(Box::new(settled))).await;
+        });
+    }
+
+    /// After the settle time: the claim's answer as the replica now derives it.
+    async fn settled(&mut self, settled: SettledClaim) {
+        let node = self.replica.node();
+        let (task, agent) = (&settled.task, &settled.agent);
+        let state = self.replica.task(task).map(|entry| entry.state.clone());
+        let holder = state.as_ref().and_then(|state| state.holder.clone());
+        let still_ours =
+            holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
+        if still_ours {
+            let won: Answer = Ok(self.task_json(task));
+            return self.answer_settled(settled, won).await;
+        }
+        // A quorum claim still waiting for its majority.
+        let tally = settled.claim.and_then(|claim| {
+            let state = state.as_ref()?;
+            let pending = !state.lost_claims.iter().any(|lost| lost.claim == claim);
+            state.quorum.get(&claim).filter(|tally| pending && !tally.reached()).cloned()
+        });
+        if let (Some(tally), Some(deadline)) = (tally, settled.quorum_deadline) {
+            if tokio::time::Instant::now() < deadline {
+                if let Some(commands) = self.commands.upgrade() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(QUORUM_POLL).await;
+                        let _ = commands.send(Command::Settled(Box::new(settled))).await;
+                    });
+                }
+                return;
+            }
+            let pending: Answer = Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "quorum not reached for {task}: {} of {} acknowledgements needed; the claim stays pending \
+                     and counts if a majority acknowledges it later",
+                    tally.votes, tally.needed
+                ),
+            )
+            .retryable());
+            let _ = settled.reply.send(pending);
+            return;
+        }
+        let winner = holder.map_or_else(
+            || "nobody yet".to_owned(),
+            |holder| match holder.agent {
+                Some(agent) => format!("{agent}@{}", self.replica.node_name(&holder.node)),
+                None => self.replica.node_name(&holder.node),
+            },
+        );
+        let lost: Answer = Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("the claim of {task} lost a race during its settle time; it went to {winner}"),
+        ));
+        let task = task.clone();
+        self.tell_losers(std::slice::from_ref(&task)).await;
+        self.answer_settled(settled, lost).await;
+    }
+
+    /// Answers a settled claim, keeping the answer for its request id (which was not kept
+    /// when the claim was written, or which this answer replaces).
+    async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer) {
+        let mut frames = Vec::new();
+        let replaces = !settled.kept || answer.is_err();
+        let keep = replaces && answer.as_ref().err().is_none_or(|error| !error.retryable);
+        if let Some(key) = settled.request_key.filter(|_| keep) {
+            let entry = RequestEntry { key, response: encode_answer(&answer), unix_ms: now_ms() };
+            self.requests.insert(entry.clone());
+            frames.push(Frame::Request(entry));
+        }
+        self.write_then_answer(frames, answer, settled.reply).await;
     }
 
     /// Hands frames to the store and answers once they are durable.
@@ -275,9 +435,15 @@ impl QueueActor {
         }
         let durable = self.store.submit(frames).await;
         let failed = Arc::clone(&self.write_failed);
+        let push = if self.links.is_empty() { None } else { self.commands.upgrade() };
         tokio::spawn(async move {
             let answer = match durable.await {
-                Ok(Ok(())) => answer,
+                Ok(Ok(())) => {
+                    if let Some(commands) = push {
+                        let _ = commands.send(Command::Mesh(Box::new(super::mesh::MeshCommand::Push))).await;
+                    }
+                    answer
+                }
                 Ok(Err(error)) => {
                     warn!(%error, "a write failed; the next write stores a whole snapshot");
                     failed.store(true, Ordering::Release);
@@ -294,7 +460,7 @@ impl QueueActor {
 
     /// After a failed write, changes exist in memory that no file holds: store a whole
     /// snapshot before anything else. True when nothing is missing from the files.
-    async fn repair_after_failed_write(&mut self) -> bool {
+    pub(super) async fn repair_after_failed_write(&mut self) -> bool {
         if self.write_failed.swap(false, Ordering::AcqRel) {
             self.needs_snapshot = true;
         }
@@ -302,12 +468,12 @@ impl QueueActor {
     }
 
     /// Writes the whole document and the request table as a snapshot; true when durable.
-    async fn write_snapshot(&mut self) -> bool {
+    pub(super) async fn write_snapshot(&mut self) -> bool {
         let done = self.store.compact(self.replica.doc().save(), self.requests.all()).await;
         match done.await {
             Ok(Ok(())) => {
                 self.needs_snapshot = false;
-                self.write_verified_cache();
+                self.write_start_caches();
                 true
             }
             Ok(Err(error)) => {
@@ -319,12 +485,25 @@ impl QueueActor {
         }
     }
 
-    /// Saves the ids of verified records so the next start skips their signature checks.
-    /// A cache: failing to write it costs the next start time, nothing else.
-    fn write_verified_cache(&self) {
+    /// Saves the start caches: the ids of verified records, so the next start skips their
+    /// signature checks, and the derived state with the document's heads, so a next start
+    /// that loads the same document skips deriving it. Caches: failing to write one costs the
+    /// next start time, nothing else. Both caches live in the home, beside each other.
+    fn write_start_caches(&self) {
         let bytes = meshwork_protocol::verified_cache::encode_verified_cache(self.replica.verified_records());
         if let Err(error) = crate::home::write_atomically(&self.verified_cache, &bytes) {
             warn!(error = %format!("{error:#}"), "could not write the verified-records cache");
+        }
+        let Some(home) = self.verified_cache.parent() else { return };
+        let path = crate::home::Home::new(home.to_path_buf()).derived_cache_path();
+        // The replica refreshes its derived state with every change it makes or takes in, so
+        // the state written is that of the document's heads now, which the cache names.
+        let written = match self.replica.encode_derived_cache() {
+            Ok(bytes) => crate::home::write_atomically(&path, &bytes),
+            Err(error) => Err(anyhow::Error::new(error)),
+        };
+        if let Err(error) = written {
+            warn!(error = %format!("{error:#}"), "could not write the derived-state cache");
         }
     }
 
@@ -336,12 +515,17 @@ impl QueueActor {
             Mutation::AddTask(request) => replica.add_task(speaker, request, now, rand::random()),
             Mutation::EditTask(id, request) => replica.edit_task(speaker, id, request, now),
             Mutation::Cancel(id, reason) => replica.cancel(speaker, id, reason, now),
-            Mutation::Claim(ClaimTask { task: Some(id), next: false }) => {
+            Mutation::Claim(ClaimTask { task: Some(id), next: false, quorum, .. }) => {
                 let id =
                     TaskId::new(id).map_err(|error| OpError::Refused(ErrorBody::invalid_input(error.to_string())))?;
-                replica.claim(speaker, &id, now)
+                replica.claim_with(speaker, &id, meshwork_crdt::ops::ClaimOptions { quorum: *quorum }, now)
             }
-            Mutation::Claim(ClaimTask { task: None, next: true }) => replica.claim_next(speaker, now),
+            Mutation::Claim(ClaimTask { task: None, next: true, quorum: false, .. }) => {
+                replica.claim_next(speaker, now)
+            }
+            Mutation::Claim(ClaimTask { next: true, quorum: true, .. }) => {
+                Err(OpError::Refused(ErrorBody::new(ErrorCode::Usage, "claim --quorum takes a task id, not --next")))
+            }
             Mutation::Claim(_) => {
                 Err(OpError::Refused(ErrorBody::new(ErrorCode::Usage, "claim takes a task id or --next, not both")))
             }
@@ -388,7 +572,7 @@ impl QueueActor {
             Query::ExportJson => serde_json::from_str(&replica.export_json()).unwrap_or(Value::Null),
             Query::ExportJsonl => Value::String(replica.export_jsonl()),
             Query::ExportAutomerge => return Ok(QueryAnswer::Bytes(replica.doc().save())),
-            Query::Members => to_json(&self.members()),
+            Query::Members => to_json(&self.member_views()),
             Query::Caps => {
                 let probe = replica.probes().latest(&replica.node()).map(|(_, entry)| entry.probe.clone());
                 let probe = probe
@@ -400,7 +584,7 @@ impl QueueActor {
         Ok(QueryAnswer::Json(json))
     }
 
-    fn members(&self) -> Vec<meshwork_crdt::export::MemberView> {
+    pub(super) fn member_views(&self) -> Vec<meshwork_crdt::export::MemberView> {
         self.replica
             .members()
             .current()
@@ -414,17 +598,24 @@ impl QueueActor {
     }
 
     fn status(&self) -> NodeStatus {
+        // One short lock; `peer_views` takes it again.
+        let (offline, listen, refused_connections) = {
+            let facts = self.net.facts();
+            (facts.offline, facts.listen.clone(), facts.refused_connections)
+        };
+        let (sync_bytes_sent, sync_bytes_received) = crate::net::sync_bytes();
         NodeStatus {
             api_version: meshwork_protocol::api::API_VERSION,
             node_id: self.replica.node().to_string(),
             name: self.facts.name.clone(),
             mesh_id: self.replica.mesh().map(|mesh| mesh.to_string()).unwrap_or_default(),
             home: self.facts.home.clone(),
-            offline: self.facts.offline,
-            listen: Vec::new(),
-            peers: Vec::new(),
+            offline,
+            listen,
+            peers: self.peer_views(),
             tasks: self.replica.tasks().len(),
             rejected_records: self.replica.rejected_records(),
+            refused_connections,
             skipped_files: self.facts.skipped_files.clone(),
             started_at: format_rfc3339_ms(self.facts.started_at_ms),
             pid: std::process::id(),
@@ -437,6 +628,8 @@ impl QueueActor {
                     log_bytes: counters.log_bytes,
                 }
             },
+            sync_bytes_sent,
+            sync_bytes_received,
         }
     }
 
@@ -459,10 +652,16 @@ impl QueueActor {
     }
 
     async fn stop(&mut self) {
+        // Keep each peer's sync state for the next connection.
+        let peers: Vec<meshwork_protocol::NodeId> = self.links.keys().copied().collect();
+        for peer in peers {
+            self.sync(meshwork_crdt::sync::SyncInput::Disconnected { peer }).await;
+        }
+        self.links.clear();
         if self.store.counters().log_bytes > COMPACT_ON_STOP_LOG_BYTES || self.needs_snapshot {
             self.write_snapshot().await;
         } else {
-            self.write_verified_cache();
+            self.write_start_caches();
         }
         if let Err(error) = self.store.shutdown().await {
             warn!(%error, "the store did not stop cleanly");
@@ -475,7 +674,7 @@ fn storage_failed() -> ErrorBody {
         .retryable()
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Value {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 

@@ -92,7 +92,6 @@ impl StoreHandle {
     ///
     /// # Cancel safety
     /// Not cancel safe: once queued the frames are written even if the future is dropped.
-    #[cfg(test)]
     pub(crate) async fn write(&self, frames: Vec<Frame>) -> Result<(), StoreError> {
         let answer = self.submit(frames).await;
         answer.await.unwrap_or_else(|_| Err(self.closed()))

@@ -1,0 +1,841 @@
+//! The queue actor's side of the mesh: it runs the sync engine over the links the network
+//! opens, admits joining nodes with invites, joins a mesh, tells agents whose claims lost,
+//! and keeps the network's allowlist in step with the membership records.
+//!
+//! Everything here runs on the actor task, so the replica, the sync engine and the invites
+//! change one operation at a time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use meshwork_crdt::sync::{SyncInput, SyncOutput};
+use meshwork_crdt::{QueueDoc, Replica, Touched};
+use meshwork_protocol::api::MessageView;
+use meshwork_protocol::api::{InviteView, JoinedView};
+use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::identity::hex;
+use meshwork_protocol::invite::{InviteToken, secret_hash};
+use meshwork_protocol::limits::{INVITE_TTL_MS_DEFAULT, INVITE_TTL_MS_MAX, INVITES_KEPT_MAX};
+use meshwork_protocol::record::{Membership, MembershipAction};
+use meshwork_protocol::storage::Frame;
+use meshwork_protocol::time::format_rfc3339_ms;
+use meshwork_protocol::wire::{JoinRefusal, JoinRequest};
+use meshwork_protocol::{AgentId, AgentName, ErrorCode, NodeId, TaskId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::queue::{Answer, Command, QueueActor, QueueHandle, now_ms, to_json};
+use crate::home::MeshFile;
+use crate::net::{Allowlist, NetCommand};
+use crate::store;
+
+/// What the network and the API ask of the actor about the mesh.
+#[derive(Debug)]
+pub(crate) enum MeshCommand {
+    SyncOpened {
+        peer: NodeId,
+        link: u64,
+        sender: mpsc::Sender<Vec<u8>>,
+        reply: oneshot::Sender<bool>,
+    },
+    SyncFrame {
+        peer: NodeId,
+        link: u64,
+        bytes: Vec<u8>,
+    },
+    SyncBadFrame {
+        peer: NodeId,
+        link: u64,
+        reason: String,
+    },
+    SyncClosed {
+        peer: NodeId,
+        link: u64,
+    },
+    /// Local changes became durable: offer them to every connected peer.
+    Push,
+    Invite {
+        ttl_ms: Option<u64>,
+        reply: oneshot::Sender<Answer>,
+    },
+    Admit {
+        peer: NodeId,
+        request: JoinRequest,
+        reply: oneshot::Sender<Result<Vec<u8>, JoinRefusal>>,
+    },
+    Join {
+        token: String,
+        reply: oneshot::Sender<Answer>,
+    },
+    Adopt {
+        token: InviteToken,
+        document: Vec<u8>,
+        reply: oneshot::Sender<Answer>,
+    },
+    Remove {
+        node: NodeId,
+        reply: oneshot::Sender<Answer>,
+    },
+    InboxRead {
+        agent: AgentName,
+        unread: bool,
+        reply: oneshot::Sender<Answer>,
+    },
+}
+
+impl QueueHandle {
+    async fn mesh(&self, command: MeshCommand) -> bool {
+        self.commands.send(Command::Mesh(Box::new(command))).await.is_ok()
+    }
+
+    /// A sync link to `peer` opened; false when the actor refuses it (not a member).
+    pub(crate) async fn sync_opened(&self, peer: NodeId, link: u64, sender: mpsc::Sender<Vec<u8>>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.mesh(MeshCommand::SyncOpened { peer, link, sender, reply }).await && answer.await.unwrap_or(false)
+    }
+
+    pub(crate) async fn sync_frame(&self, peer: NodeId, link: u64, bytes: Vec<u8>) {
+        self.mesh(MeshCommand::SyncFrame { peer, link, bytes }).await;
+    }
+
+    pub(crate) async fn sync_bad_frame(&self, peer: NodeId, link: u64, reason: String) {
+        self.mesh(MeshCommand::SyncBadFrame { peer, link, reason }).await;
+    }
+
+    pub(crate) async fn sync_closed(&self, peer: NodeId, link: u64) {
+        self.mesh(MeshCommand::SyncClosed { peer, link }).await;
+    }
+
+    pub(crate) async fn invite(&self, ttl_ms: Option<u64>) -> Answer {
+        self.ask(|reply| MeshCommand::Invite { ttl_ms, reply }).await
+    }
+
+    /// The inviter's side of a join: a member now, and the document; or why not.
+    pub(crate) async fn admit(&self, peer: NodeId, request: JoinRequest) -> Result<Vec<u8>, JoinRefusal> {
+        let (reply, answer) = oneshot::channel();
+        let stopping =
+            || JoinRefusal { code: ErrorCode::NodeUnavailable, message: "the inviter is stopping".to_owned() };
+        if !self.mesh(MeshCommand::Admit { peer, request, reply }).await {
+            return Err(stopping());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopping()))
+    }
+
+    pub(crate) async fn join(&self, token: String) -> Answer {
+        self.ask(|reply| MeshCommand::Join { token, reply }).await
+    }
+
+    pub(crate) async fn remove_member(&self, node: NodeId) -> Answer {
+        self.ask(|reply| MeshCommand::Remove { node, reply }).await
+    }
+
+    pub(crate) async fn inbox_read(&self, agent: AgentName, unread: bool) -> Answer {
+        self.ask(|reply| MeshCommand::InboxRead { agent, unread, reply }).await
+    }
+
+    async fn ask(&self, command: impl FnOnce(oneshot::Sender<Answer>) -> MeshCommand) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        if !self.mesh(command(reply)).await {
+            return Err(super::queue::unavailable());
+        }
+        answer.await.unwrap_or_else(|_| Err(super::queue::unavailable()))
+    }
+}
+
+/// One open sync link: its id (a newer link to the same peer replaces it) and its frames.
+#[derive(Debug)]
+pub(crate) struct Link {
+    id: u64,
+    sender: mpsc::Sender<Vec<u8>>,
+}
+
+/// The invites this node issued: `HOME/invites.json`. Only a hash of each secret is kept.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Invites {
+    entries: Vec<InviteEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InviteEntry {
+    /// Hex of [`secret_hash`].
+    secret_hash: String,
+    created_ms: u64,
+    expires_ms: u64,
+    /// The node that used it; an invite admits one node, once.
+    used_by: Option<String>,
+}
+
+impl Invites {
+    pub(crate) fn path(home: &std::path::Path) -> PathBuf {
+        home.join("invites.json")
+    }
+
+    /// Reads the invites; a damaged file is kept aside and no invite is honoured.
+    pub(crate) fn load(path: &std::path::Path) -> Invites {
+        let Ok(bytes) = std::fs::read(path) else { return Invites::default() };
+        serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            warn!(path = %path.display(), %error, "the invites file is damaged; no open invite is honoured");
+            let _ = std::fs::rename(path, path.with_extension("json.damaged"));
+            Invites::default()
+        })
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<(), ErrorBody> {
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::home::write_atomically(path, &bytes)
+            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot save the invites: {error:#}")))
+    }
+
+    /// Until when strangers may connect to present an invite. A used invite counts until it
+    /// expires too, so that a second node presenting it hears "already used", not silence.
+    pub(crate) fn open_until_ms(&self, now_ms: u64) -> u64 {
+        self.entries.iter().filter(|entry| entry.expires_ms > now_ms).map(|entry| entry.expires_ms).max().unwrap_or(0)
+    }
+
+    fn add(&mut self, entry: InviteEntry, now_ms: u64) {
+        self.entries.push(entry);
+        while self.entries.len() > INVITES_KEPT_MAX {
+            // Forget a closed invite first (used or expired), else the oldest.
+            let index = self
+                .entries
+                .iter()
+                .position(|entry| entry.used_by.is_some() || entry.expires_ms <= now_ms)
+                .unwrap_or(0);
+            self.entries.remove(index);
+        }
+    }
+}
+
+/// How long an invite lives: `--ttl`, within its limits.
+fn invite_ttl(ttl_ms: Option<u64>) -> Result<u64, ErrorBody> {
+    let ttl = ttl_ms.unwrap_or(INVITE_TTL_MS_DEFAULT);
+    if ttl == 0 || ttl > INVITE_TTL_MS_MAX {
+        return Err(ErrorBody::invalid_input(format!(
+            "an invite lives between 1 ms and INVITE_TTL_MS_MAX ({INVITE_TTL_MS_MAX} ms, 7 days)"
+        )));
+    }
+    Ok(ttl)
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> JoinRefusal {
+    JoinRefusal { code, message: message.into() }
+}
+
+impl QueueActor {
+    pub(super) async fn on_mesh(&mut self, command: MeshCommand) {
+        match command {
+            MeshCommand::SyncOpened { peer, link, sender, reply } => {
+                let accepted = self.sync_opened(peer, link, sender).await;
+                let _ = reply.send(accepted);
+            }
+            MeshCommand::SyncFrame { peer, link, bytes } => {
+                if self.links.get(&peer).is_some_and(|open| open.id == link) {
+                    self.sync(SyncInput::Frame { peer, bytes }).await;
+                }
+            }
+            MeshCommand::SyncBadFrame { peer, link, reason } => {
+                if self.links.get(&peer).is_some_and(|open| open.id == link) {
+                    *self.engine.bad_frames.entry(peer).or_default() += 1;
+                    self.close_link(peer, &format!("bad frame: {reason}"));
+                }
+            }
+            MeshCommand::SyncClosed { peer, link } => {
+                if self.links.get(&peer).is_some_and(|open| open.id == link) {
+                    self.links.remove(&peer);
+                    self.sync(SyncInput::Disconnected { peer }).await;
+                }
+            }
+            MeshCommand::Push => {
+                if !self.links.is_empty() {
+                    self.sync(SyncInput::LocalChange).await;
+                }
+            }
+            MeshCommand::Invite { ttl_ms, reply } => {
+                let _ = reply.send(self.invite(ttl_ms));
+            }
+            MeshCommand::Admit { peer, request, reply } => {
+                let answer = self.admit(peer, request).await;
+                let _ = reply.send(answer);
+            }
+            MeshCommand::Join { token, reply } => self.join(token, reply),
+            MeshCommand::Adopt { token, document, reply } => {
+                let answer = self.adopt(&token, document).await;
+                let _ = reply.send(answer);
+            }
+            MeshCommand::Remove { node, reply } => {
+                let answer = self.remove_member(node).await;
+                let _ = reply.send(answer);
+            }
+            MeshCommand::InboxRead { agent, unread, reply } => {
+                let answer = self.inbox_read(agent, unread).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    async fn sync_opened(&mut self, peer: NodeId, link: u64, sender: mpsc::Sender<Vec<u8>>) -> bool {
+        if !self.replica.members().get(&peer).is_some_and(|member| member.is_current()) {
+            return false;
+        }
+        if self.links.contains_key(&peer) {
+            // A newer link replaces the old one: the peer reconnected.
+            self.sync(SyncInput::Disconnected { peer }).await;
+        }
+        self.links.insert(peer, Link { id: link, sender });
+        let saved_state = std::fs::read(self.sync_state_path(&peer)).ok();
+        self.sync(SyncInput::Connected { peer, saved_state }).await;
+        self.links.contains_key(&peer)
+    }
+
+    fn sync_state_path(&self, peer: &NodeId) -> PathBuf {
+        self.home.root().join("sync").join(format!("{peer}.state"))
+    }
+
+    /// Feeds the sync engine and carries out what it says, in order.
+    pub(super) async fn sync(&mut self, input: SyncInput) {
+        let outputs = self.engine.handle(&mut self.replica, input, now_ms());
+        for output in outputs {
+            match output {
+                SyncOutput::Send { peer, frame } => {
+                    let Some(open) = self.links.get(&peer) else { continue };
+                    if let Err(error) = open.sender.try_send(frame) {
+                        let reason = match error {
+                            mpsc::error::TrySendError::Full(_) => "the peer fell too far behind",
+                            mpsc::error::TrySendError::Closed(_) => "the link closed",
+                        };
+                        self.close_link(peer, reason);
+                    }
+                }
+                SyncOutput::Close { peer, reason } => self.close_link(peer, &reason),
+                SyncOutput::Persist { changes } => self.persist_received(changes).await,
+                SyncOutput::PersistPeerState { peer, state } => self.save_sync_state(&peer, &state),
+                SyncOutput::Changed(touched) => self.after_merge(&touched).await,
+            }
+        }
+    }
+
+    fn close_link(&mut self, peer: NodeId, reason: &str) {
+        if self.links.remove(&peer).is_some() {
+            info!(%peer, reason, "closing the sync link");
+        }
+        self.net.send(NetCommand::Disconnect(peer));
+    }
+
+    fn save_sync_state(&self, peer: &NodeId, state: &[u8]) {
+        let path = self.sync_state_path(peer);
+        let saved = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| crate::home::write_atomically(&path, state));
+        if let Err(error) = saved {
+            warn!(%peer, error = %format!("{error:#}"), "could not save the sync state (the next sync starts afresh)");
+        }
+    }
+
+    /// Changes from a peer: queued to the log now, in the order received (before any later
+    /// local change that may depend on them). The actor does not wait for the fsync; a failed
+    /// write makes the next write a whole snapshot.
+    async fn persist_received(&mut self, changes: Vec<u8>) {
+        let durable = self.store.submit(vec![Frame::Changes(changes)]).await;
+        let failed = Arc::clone(&self.write_failed);
+        tokio::spawn(async move {
+            if !matches!(durable.await, Ok(Ok(()))) {
+                failed.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    /// After a merge: keep the allowlist in step, tell agents whose claims lost.
+    async fn after_merge(&mut self, touched: &Touched) {
+        if touched.members {
+            self.send_allowlist();
+            let removed: Vec<NodeId> = self
+                .links
+                .keys()
+                .filter(|peer| !self.replica.members().get(peer).is_some_and(|member| member.is_current()))
+                .copied()
+                .collect();
+            for peer in removed {
+                self.close_link(peer, "no longer a member");
+            }
+        }
+        let tasks: Vec<TaskId> = touched.tasks.iter().cloned().collect();
+        self.acknowledge_quorum_claims(&tasks).await;
+        self.tell_losers(&tasks).await;
+    }
+
+    /// Signs this node's acknowledgement (its vote) of pending quorum claims of these tasks:
+    /// at most one per task and generation, for the first claim in the winner order.
+    async fn acknowledge_quorum_claims(&mut self, tasks: &[TaskId]) {
+        let due = self.replica.acks_due(tasks);
+        if due.is_empty() {
+            return;
+        }
+        let key = Arc::clone(&self.key);
+        match self.replica.acknowledge(&key, &due, now_ms()) {
+            Ok(Some(changes)) => {
+                info!(acks = due.len(), "acknowledged quorum claims");
+                self.write_and_push(vec![Frame::Changes(changes)]).await;
+            }
+            Ok(None) => {}
+            Err(error) => warn!(error = %error.to_error_body().message, "could not acknowledge quorum claims"),
+        }
+    }
+
+    /// Writes the lost-claim notices owed for these tasks (each exactly once).
+    pub(super) async fn tell_losers(&mut self, tasks: &[TaskId]) {
+        let notices = self.replica.notices_due(tasks, now_ms());
+        if notices.is_empty() {
+            return;
+        }
+        match self.replica.write_notices(&notices, now_ms()) {
+            Ok(Some(changes)) => {
+                for notice in &notices {
+                    info!(to = %notice.to, subject = %notice.message.subject, "told an agent its claim lost");
+                }
+                self.write_and_push(vec![Frame::Changes(changes)]).await;
+            }
+            Ok(None) => {}
+            Err(error) => warn!(%error, "could not write lost-claim notices"),
+        }
+    }
+
+    /// The members' peer ids and whether invites are open, for the network's gate.
+    pub(super) fn allowlist(&self) -> Allowlist {
+        Allowlist {
+            members: self.replica.members().current().filter_map(|member| member.node.peer_id().ok()).collect(),
+            invites_open_until_ms: self.invites.open_until_ms(now_ms()),
+        }
+    }
+
+    pub(super) fn send_allowlist(&self) {
+        self.net.send(NetCommand::Allow(self.allowlist()));
+    }
+
+    fn invite(&mut self, ttl_ms: Option<u64>) -> Answer {
+        let ttl = invite_ttl(ttl_ms)?;
+        if self.net.facts().offline {
+            return Err(ErrorBody::new(
+                ErrorCode::Usage,
+                "this node runs --offline: nobody can reach it to join; start it without --offline",
+            ));
+        }
+        let node = self.replica.node();
+        if !self.replica.members().get(&node).is_some_and(|member| member.is_current()) {
+            return Err(ErrorBody::new(ErrorCode::GateRefused, "this node is not a member of its mesh"));
+        }
+        let mesh =
+            self.replica.mesh().ok_or_else(|| ErrorBody::new(ErrorCode::Internal, "the document has no mesh"))?;
+        let addrs = self.invite_addrs();
+        if addrs.is_empty() {
+            return Err(
+                ErrorBody::new(ErrorCode::NodeUnavailable, "the node is not listening yet; try again").retryable()
+            );
+        }
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        let now = now_ms();
+        let expires_ms = now.saturating_add(ttl);
+        let entry = InviteEntry { secret_hash: hex(&secret_hash(&secret)), created_ms: now, expires_ms, used_by: None };
+        self.invites.add(entry, now);
+        self.invites.save(&Invites::path(self.home.root()))?;
+        self.send_allowlist();
+        let token = InviteToken { mesh, inviter: node, addrs, secret, expires_ms };
+        info!(expires = %format_rfc3339_ms(expires_ms), "issued an invite");
+        Ok(to_json(&InviteView {
+            token: token.encode(),
+            mesh_id: mesh.to_string(),
+            expires_at: format_rfc3339_ms(expires_ms),
+        }))
+    }
+
+    /// The addresses a joiner should try, loopback last (it only works on this machine).
+    fn invite_addrs(&self) -> Vec<String> {
+        let mut addrs = self.net.facts().listen.clone();
+        addrs.sort_by_key(|addr| (addr.contains("/127.0.0.1/") || addr.contains("/::1/"), !addr.contains("/quic")));
+        addrs
+    }
+
+    async fn admit(&mut self, peer: NodeId, request: JoinRequest) -> Result<Vec<u8>, JoinRefusal> {
+        let now = now_ms();
+        let hash = hex(&secret_hash(&request.secret));
+        let Some(index) = self.invites.entries.iter().position(|entry| entry.secret_hash == hash) else {
+            return Err(refuse(ErrorCode::GateRefused, "this invite is unknown to the inviter"));
+        };
+        let entry = self.invites.entries[index].clone();
+        let peer_text = peer.to_string();
+        match &entry.used_by {
+            // The same node asking again (its answer was lost): the document again.
+            Some(user) if *user == peer_text => return Ok(self.replica.doc().save()),
+            Some(_) => return Err(refuse(ErrorCode::GateRefused, "this invite was already used")),
+            None if entry.expires_ms <= now => {
+                return Err(refuse(
+                    ErrorCode::GateRefused,
+                    format!("this invite expired at {}", format_rfc3339_ms(entry.expires_ms)),
+                ));
+            }
+            None => {}
+        }
+        if let Err(error) = meshwork_protocol::identity::validate_name("a node name", &request.name) {
+            return Err(refuse(ErrorCode::InvalidInput, error.to_string()));
+        }
+        // Used before anything else: a crash from here on leaves it used, never reusable.
+        self.invites.entries[index].used_by = Some(peer_text);
+        if let Err(error) = self.invites.save(&Invites::path(self.home.root())) {
+            self.invites.entries[index].used_by = None;
+            return Err(refuse(error.code, error.message));
+        }
+        let membership = Membership { action: MembershipAction::Add, member: peer, name: request.name, roles: vec![] };
+        let key = Arc::clone(&self.key);
+        let changes = match self.replica.change_membership(&key, membership, now) {
+            Ok(changes) => changes,
+            Err(error) => {
+                let body = error.to_error_body();
+                return Err(refuse(body.code, body.message));
+            }
+        };
+        if !self.write_and_push(vec![Frame::Changes(changes)]).await {
+            return Err(refuse(ErrorCode::Internal, "the inviter could not store the membership record"));
+        }
+        info!(%peer, "admitted a new member");
+        self.send_allowlist();
+        Ok(self.replica.doc().save())
+    }
+
+    fn join(&mut self, token_text: String, reply: oneshot::Sender<Answer>) {
+        let token = match InviteToken::decode(&token_text) {
+            Ok(token) => token,
+            Err(error) => {
+                let _ = reply.send(Err(ErrorBody::invalid_input(error.to_string())));
+                return;
+            }
+        };
+        let checked = self.check_join(&token);
+        match checked {
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+            Ok(Some(view)) => {
+                let _ = reply.send(Ok(view));
+            }
+            Ok(None) => {
+                let (net_reply, document) = oneshot::channel();
+                let request =
+                    meshwork_protocol::wire::JoinRequest { secret: token.secret, name: self.facts.name.clone() };
+                if !self.net.send(NetCommand::Join { token: token.clone(), request, reply: net_reply }) {
+                    let _ = reply.send(Err(ErrorBody::new(ErrorCode::NodeUnavailable, "the network is not running")));
+                    return;
+                }
+                let Some(commands) = self.commands.upgrade() else { return };
+                tokio::spawn(async move {
+                    match document.await {
+                        Ok(Ok(document)) => {
+                            let adopt = MeshCommand::Adopt { token, document, reply };
+                            let _ = commands.send(Command::Mesh(Box::new(adopt))).await;
+                        }
+                        Ok(Err(error)) => {
+                            let _ = reply.send(Err(error));
+                        }
+                        Err(_) => {
+                            let _ = reply.send(Err(super::queue::unavailable()));
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Whether a join may go ahead: `Ok(Some)` when this node already belongs to that mesh.
+    fn check_join(&self, token: &InviteToken) -> Result<Option<serde_json::Value>, ErrorBody> {
+        if self.replica.mesh() == Some(token.mesh) {
+            return Ok(Some(self.joined_view(&token.inviter)));
+        }
+        if token.expires_ms <= now_ms() {
+            return Err(ErrorBody::new(
+                ErrorCode::GateRefused,
+                format!("this invite expired at {}", format_rfc3339_ms(token.expires_ms)),
+            ));
+        }
+        if self.net.facts().offline {
+            return Err(ErrorBody::new(
+                ErrorCode::Usage,
+                "this node runs --offline; start it without --offline to join",
+            ));
+        }
+        let tasks = self.replica.tasks().len();
+        if tasks > 0 {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "this node already holds {tasks} tasks of its own mesh; a node joins with an empty queue \
+                     (export them first, then start from a fresh home)"
+                ),
+            ));
+        }
+        Ok(None)
+    }
+
+    fn joined_view(&self, inviter: &NodeId) -> serde_json::Value {
+        to_json(&JoinedView {
+            node_id: self.replica.node().to_string(),
+            mesh_id: self.replica.mesh().map(|mesh| mesh.to_string()).unwrap_or_default(),
+            inviter: inviter.to_string(),
+            members: self.replica.members().current().count(),
+            tasks: self.replica.tasks().len(),
+        })
+    }
+
+    /// Takes the inviter's document as this node's own: checks it, stores it as a snapshot
+    /// under a fresh boot (a new actor id), and starts syncing with the mesh.
+    async fn adopt(&mut self, token: &InviteToken, document: Vec<u8>) -> Answer {
+        let invalid = |what: String| ErrorBody::new(ErrorCode::InvalidInput, what);
+        let (doc, bad) = QueueDoc::load(Some(&document), &[])
+            .map_err(|error| invalid(format!("the inviter's document does not load: {error}")))?;
+        if !bad.is_empty() {
+            return Err(invalid("the inviter's document is damaged".to_owned()));
+        }
+        doc.check_schema().map_err(|error| invalid(error.to_string()))?;
+        let node = self.replica.node();
+        let boot = store::next_boot(self.home.root())
+            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot persist a boot number: {error}")))?;
+        let mut replica = Replica::open(node, boot, doc);
+        if replica.mesh() != Some(token.mesh) {
+            return Err(invalid("the inviter sent the document of another mesh".to_owned()));
+        }
+        let is_member = |replica: &Replica, who: &NodeId| replica.members().get(who).is_some_and(|m| m.is_current());
+        if !is_member(&replica, &node) || !is_member(&replica, &token.inviter) {
+            return Err(ErrorBody::new(
+                ErrorCode::GateRefused,
+                "the inviter's document does not list this node as a member",
+            ));
+        }
+        // This machine's probe, signed again for the new mesh.
+        let probe = self.replica.probes().latest(&node).map(|(_, entry)| entry.probe.clone());
+        let key = Arc::clone(&self.key);
+        if let Some(probe) = probe
+            && let Err(error) = replica.publish_probe(&key, probe, now_ms())
+        {
+            warn!(%error, "could not publish this machine's probe in the new mesh");
+        }
+        let old = std::mem::replace(&mut self.replica, replica);
+        self.links.clear();
+        self.engine = meshwork_crdt::sync::SyncEngine::default();
+        if !self.write_snapshot().await {
+            self.replica = old;
+            return Err(ErrorBody::new(ErrorCode::Internal, "could not store the mesh's document").retryable());
+        }
+        let mesh_file = MeshFile {
+            mesh_id: token.mesh.to_string(),
+            mesh_name: self.replica.doc().meta_str("mesh_name").unwrap_or_default(),
+        };
+        if let Err(error) = self.home.write_mesh(&mesh_file) {
+            warn!(error = %format!("{error:#}"), "could not update mesh.json");
+        }
+        info!(mesh = %token.mesh, inviter = %token.inviter, "joined the mesh");
+        self.send_allowlist();
+        Ok(self.joined_view(&token.inviter))
+    }
+
+    /// Writes frames and waits until they are durable; then has them offered to peers.
+    pub(super) async fn write_and_push(&mut self, frames: Vec<Frame>) -> bool {
+        if !self.repair_after_failed_write().await {
+            return false;
+        }
+        let durable = self.store.write(frames).await;
+        if durable.is_err() {
+            self.write_failed.store(true, Ordering::Release);
+            return false;
+        }
+        self.request_push().await;
+        true
+    }
+
+    /// Asks the actor (itself, through its channel) to offer new changes to peers once the
+    /// current command is done.
+    pub(super) async fn request_push(&self) {
+        if let (false, Some(commands)) = (self.links.is_empty(), self.commands.upgrade()) {
+            let _ = commands.try_send(Command::Mesh(Box::new(MeshCommand::Push)));
+        }
+    }
+
+    /// `mesh remove NODE`: a membership record that removes it; its link is cut at once.
+    async fn remove_member(&mut self, node: NodeId) -> Answer {
+        let Some(member) = self.replica.members().get(&node).cloned() else {
+            return Err(ErrorBody::new(ErrorCode::NotFound, format!("{node} is not a member of this mesh")));
+        };
+        if member.is_current() {
+            if node == self.replica.node() {
+                return Err(ErrorBody::new(ErrorCode::Usage, "a node cannot remove itself; ask another member"));
+            }
+            let membership =
+                Membership { action: MembershipAction::Remove, member: node, name: member.name.clone(), roles: vec![] };
+            let key = Arc::clone(&self.key);
+            let changes = self.replica.change_membership(&key, membership, now_ms()).map_err(|e| e.to_error_body())?;
+            if !self.write_and_push(vec![Frame::Changes(changes)]).await {
+                return Err(ErrorBody::new(ErrorCode::Internal, "could not store the membership record").retryable());
+            }
+            info!(%node, "removed a member");
+            self.send_allowlist();
+            self.close_link(node, "removed from the mesh");
+        }
+        Ok(to_json(&self.member_views()))
+    }
+
+    /// `inbox read`: the agent's messages; those returned are marked read.
+    async fn inbox_read(&mut self, agent: AgentName, unread: bool) -> Answer {
+        let to = AgentId { agent, node: self.replica.node() };
+        let entries: Vec<_> = self.replica.inbox(&to).into_iter().filter(|entry| !unread || !entry.read).collect();
+        let views: Vec<MessageView> = entries
+            .iter()
+            .map(|entry| MessageView {
+                id: entry.id.clone(),
+                from: entry.message.from.clone(),
+                to: entry.to.to_string(),
+                subject: entry.message.subject.clone(),
+                body: entry.message.body.clone(),
+                priority: entry.message.priority.clone(),
+                at: format_rfc3339_ms(entry.message.at_ms),
+                read: entry.read,
+                acked: entry.acked,
+                task: entry.message.task.clone(),
+            })
+            .collect();
+        let ids: Vec<String> = entries.iter().filter(|entry| !entry.read).map(|entry| entry.id.clone()).collect();
+        match self.replica.mark_messages(&to, &ids, false, now_ms()) {
+            Ok(Some(changes)) => {
+                if !self.write_and_push(vec![Frame::Changes(changes)]).await {
+                    return Err(ErrorBody::new(ErrorCode::Internal, "could not store the read marks").retryable());
+                }
+            }
+            Ok(None) => {}
+            Err(error) => warn!(%error, "could not mark messages read"),
+        }
+        Ok(to_json(&views))
+    }
+
+    /// Peers for `node status`: every other member, with what the network knows of it.
+    pub(super) fn peer_views(&self) -> Vec<meshwork_protocol::api::PeerView> {
+        let facts = self.net.facts();
+        let node = self.replica.node();
+        let mut views: BTreeMap<NodeId, meshwork_protocol::api::PeerView> = BTreeMap::new();
+        for member in self.replica.members().current().filter(|member| member.node != node) {
+            let seen = facts.peers.get(&member.node);
+            views.insert(
+                member.node,
+                meshwork_protocol::api::PeerView {
+                    node_id: member.node.to_string(),
+                    name: member.name.clone(),
+                    addrs: seen.map(|peer| peer.addrs.clone()).unwrap_or_default(),
+                    connected: seen.is_some_and(|peer| peer.connected),
+                    last_seen: seen.and_then(|peer| peer.last_seen_ms).map(format_rfc3339_ms),
+                    rtt_ms: seen.and_then(|peer| peer.rtt_ms),
+                    bad_frames: self.engine.bad_frames.get(&member.node).copied().unwrap_or(0),
+                },
+            );
+        }
+        views.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use libp2p::futures::{AsyncReadExt as _, AsyncWriteExt as _};
+    use meshwork_protocol::NodeKey;
+    use meshwork_protocol::wire::FRAME_BYTES_MAX;
+    use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+    use super::*;
+    use crate::daemon::queue::{Query, QueryAnswer};
+    use crate::daemon::{init, queue_actor, recover};
+    use crate::home::Home;
+    use crate::net::NetHandle;
+
+    /// A node whose mesh has `peer` as a member, running its queue actor.
+    async fn node_with_member(peer: NodeId) -> (tempfile::TempDir, QueueHandle, mpsc::UnboundedReceiver<NetCommand>) {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), Some("receiver")).unwrap();
+        let home = Home::new(dir.path().to_path_buf());
+        let key = Arc::new(home.load_key().unwrap());
+        let config = home.load_config().unwrap();
+        let mut recovery = recover(&home, &key).unwrap();
+        let membership =
+            Membership { action: MembershipAction::Add, member: peer, name: "sender".to_owned(), roles: vec![] };
+        let changes = recovery.replica.change_membership(&key, membership, now_ms()).unwrap();
+        recovery.store.write(vec![Frame::Changes(changes)]).await.unwrap();
+        let (net, commands) = NetHandle::new(false);
+        let (queue, _task) = queue_actor(&home, key, &config, recovery, net).spawn();
+        (dir, queue, commands)
+    }
+
+    async fn export(queue: &QueueHandle) -> serde_json::Value {
+        match queue.query(Query::ExportJson).await.unwrap() {
+            QueryAnswer::Json(value) => value,
+            QueryAnswer::Bytes(_) => panic!("the JSON export is JSON"),
+        }
+    }
+
+    async fn bad_frames_of(queue: &QueueHandle, peer: &NodeId) -> u64 {
+        let QueryAnswer::Json(status) = queue.query(Query::Status).await.unwrap() else { panic!("status is JSON") };
+        let peers = status["peers"].as_array().cloned().unwrap_or_default();
+        let entry = peers.iter().find(|entry| entry["node_id"] == peer.to_string().as_str()).cloned();
+        entry.and_then(|entry| entry["bad_frames"].as_u64()).unwrap_or(0)
+    }
+
+    /// Sends `bytes` on a fresh sync link and returns once the node has cut the link off.
+    async fn send_and_expect_cut_off(queue: &QueueHandle, peer: NodeId, link: u64, bytes: Vec<u8>) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(crate::net::link::run_sync_link(peer, link, theirs.compat(), queue.clone()));
+        let (mut reader, mut writer) = ours.compat().split();
+        writer.write_all(&bytes).await.unwrap();
+        writer.flush().await.unwrap();
+        // The node first offers its own sync message, then closes: read to the end.
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the node did not close the link");
+    }
+
+    /// A frame over the cap and a garbage frame: each cuts the sender off, is counted, and
+    /// leaves the document as it was.
+    #[tokio::test]
+    async fn oversize_and_garbage_frames_cut_the_sender_off_and_change_nothing() {
+        let peer = NodeKey::from_seed([7; 32]).node_id();
+        let (_home, queue, mut net) = node_with_member(peer).await;
+        let before = export(&queue).await;
+
+        let mut garbage = 3u32.to_be_bytes().to_vec();
+        garbage.extend([1, 0, 0xff]);
+        send_and_expect_cut_off(&queue, peer, 1, garbage).await;
+        assert_eq!(bad_frames_of(&queue, &peer).await, 1, "the garbage frame is counted");
+
+        let oversize = u32::try_from(FRAME_BYTES_MAX + 1).unwrap().to_be_bytes().to_vec();
+        send_and_expect_cut_off(&queue, peer, 2, oversize).await;
+        assert_eq!(bad_frames_of(&queue, &peer).await, 2, "the oversize frame is counted");
+
+        assert_eq!(export(&queue).await, before, "the receiver's document is unchanged");
+        let mut disconnects = 0;
+        while let Ok(command) = net.try_recv() {
+            if matches!(command, NetCommand::Disconnect(node) if node == peer) {
+                disconnects += 1;
+            }
+        }
+        assert!(disconnects >= 2, "the network is told to drop the peer each time");
+    }
+
+    /// A node that is not a member cannot open a sync link: nothing it sends is read.
+    #[tokio::test]
+    async fn a_sync_link_from_a_non_member_is_refused() {
+        let member = NodeKey::from_seed([7; 32]).node_id();
+        let stranger = NodeKey::from_seed([8; 32]).node_id();
+        let (_home, queue, _net) = node_with_member(member).await;
+        let (sender, _frames) = mpsc::channel(1);
+        assert!(!queue.sync_opened(stranger, 1, sender).await);
+        let (sender, _frames) = mpsc::channel(1);
+        assert!(queue.sync_opened(member, 2, sender).await);
+    }
+}
