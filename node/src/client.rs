@@ -228,8 +228,14 @@ pub(crate) async fn wait_until_stopped(home: &Path, limit: Duration) -> Result<(
             let attempt = UnixStream::connect(&socket);
             match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), attempt).await {
                 Ok(Ok(_still_serving)) => tokio::time::sleep(Duration::from_millis(STOP_POLL_MS)).await,
-                Ok(Err(_)) | Err(_) => return,
+                Ok(Err(_)) | Err(_) => break,
             }
+        }
+        // The socket goes first; the home's lock only when the process exits. Wait for it
+        // too, so that `node stop && node start` never finds the home still taken.
+        let home = crate::home::Home::new(home.to_path_buf());
+        while home.lock().is_err() {
+            tokio::time::sleep(Duration::from_millis(STOP_POLL_MS)).await;
         }
     };
     tokio::time::timeout(limit, polling).await.map_err(|_elapsed| {

@@ -150,6 +150,9 @@ impl QueueHandle {
 pub(crate) struct Link {
     id: u64,
     sender: mpsc::Sender<Vec<u8>>,
+    /// When a frame went out that the peer has not answered yet: the time to its next frame
+    /// is a round trip through both nodes' queues, which the claim settle time must cover.
+    awaiting_since: Option<std::time::Instant>,
 }
 
 /// The invites this node issued: `HOME/invites.json`. Only a hash of each secret is kept.
@@ -232,9 +235,11 @@ impl QueueActor {
                 let _ = reply.send(accepted);
             }
             MeshCommand::SyncFrame { peer, link, bytes } => {
-                if self.links.get(&peer).is_some_and(|open| open.id == link) {
-                    self.sync(SyncInput::Frame { peer, bytes }).await;
+                let Some(open) = self.links.get_mut(&peer).filter(|open| open.id == link) else { return };
+                if let Some(since) = open.awaiting_since.take() {
+                    self.net.facts().note_round_trip(peer, since.elapsed().as_secs_f64() * 1000.0);
                 }
+                self.sync(SyncInput::Frame { peer, bytes }).await;
             }
             MeshCommand::SyncBadFrame { peer, link, reason } => {
                 if self.links.get(&peer).is_some_and(|open| open.id == link) {
@@ -284,7 +289,7 @@ impl QueueActor {
             // A newer link replaces the old one: the peer reconnected.
             self.sync(SyncInput::Disconnected { peer }).await;
         }
-        self.links.insert(peer, Link { id: link, sender });
+        self.links.insert(peer, Link { id: link, sender, awaiting_since: None });
         let saved_state = std::fs::read(self.sync_state_path(&peer)).ok();
         self.sync(SyncInput::Connected { peer, saved_state }).await;
         self.links.contains_key(&peer)
@@ -300,7 +305,8 @@ impl QueueActor {
         for output in outputs {
             match output {
                 SyncOutput::Send { peer, frame } => {
-                    let Some(open) = self.links.get(&peer) else { continue };
+                    let Some(open) = self.links.get_mut(&peer) else { continue };
+                    open.awaiting_since.get_or_insert_with(std::time::Instant::now);
                     if let Err(error) = open.sender.try_send(frame) {
                         let reason = match error {
                             mpsc::error::TrySendError::Full(_) => "the peer fell too far behind",

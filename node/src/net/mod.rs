@@ -88,6 +88,16 @@ pub(crate) struct PeerFacts {
 }
 
 impl NetFacts {
+    /// A round trip to a peer: a ping, or a sync frame and the peer's next frame (which
+    /// includes the time both nodes' queues took, as a claim's settle time must).
+    pub(crate) fn note_round_trip(&mut self, node: NodeId, millis: f64) {
+        let entry = self.peers.entry(node).or_default();
+        entry.rtt_samples.push_back(millis);
+        while entry.rtt_samples.len() > RTT_SAMPLES_KEPT {
+            entry.rtt_samples.pop_front();
+        }
+    }
+
     /// How long a claim waits before it is reported won: about twice the p99 round trip to
     /// connected peers, at most [`SETTLE_MS_MAX`], zero with no peer connected.
     pub(crate) fn settle_ms(&self) -> u64 {
@@ -183,8 +193,9 @@ struct Redial {
 }
 
 impl Redial {
-    fn new() -> Redial {
-        Redial { next_at: Instant::now(), delay: REDIAL_FIRST }
+    /// Due at once: the first dial is not held back.
+    fn new(now: Instant) -> Redial {
+        Redial { next_at: now, delay: REDIAL_FIRST }
     }
 
     fn due(&mut self, now: Instant) -> bool {
@@ -301,7 +312,7 @@ impl Network {
             book_path,
             book_dirty: false,
             default_listen: config.listen.is_empty(),
-            explicit_peers: config.peers.iter().map(|addr| (addr.clone(), Redial::new())).collect(),
+            explicit_peers: config.peers.iter().map(|addr| (addr.clone(), Redial::new(Instant::now()))).collect(),
             redial: HashMap::new(),
             lan: HashMap::new(),
             links: HashMap::new(),
@@ -540,10 +551,7 @@ impl Network {
                     let millis = rtt.as_secs_f64() * 1000.0;
                     entry.rtt_ms = Some(millis);
                     entry.last_seen_ms = Some(now_ms());
-                    entry.rtt_samples.push_back(millis);
-                    while entry.rtt_samples.len() > RTT_SAMPLES_KEPT {
-                        entry.rtt_samples.pop_front();
-                    }
+                    facts.note_round_trip(node, millis);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -743,7 +751,7 @@ impl Network {
             if addrs.is_empty() {
                 continue;
             }
-            if !self.redial.entry(peer).or_insert_with(Redial::new).due(now) {
+            if !self.redial.entry(peer).or_insert_with(|| Redial::new(now)).due(now) {
                 continue;
             }
             let dial =
