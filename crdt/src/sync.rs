@@ -39,6 +39,9 @@ pub enum SyncOutput {
     Send {
         peer: NodeId,
         frame: Vec<u8>,
+        /// The message carries changes or asks for some, so the peer will answer it; the
+        /// time to that answer is a round trip through both nodes (the settle time uses it).
+        expects_reply: bool,
     },
     Close {
         peer: NodeId,
@@ -159,7 +162,8 @@ impl SyncEngine {
     fn push(&mut self, replica: &Replica, peer: NodeId, outputs: &mut Vec<SyncOutput>) {
         let Some(session) = self.peers.get_mut(&peer) else { return };
         while let Some(message) = replica.doc().automerge().generate_sync_message(&mut session.state) {
-            outputs.push(SyncOutput::Send { peer, frame: Frame::Sync(message.encode()).encode() });
+            let expects_reply = !message.changes.is_empty() || !message.need.is_empty();
+            outputs.push(SyncOutput::Send { peer, frame: Frame::Sync(message.encode()).encode(), expects_reply });
         }
     }
 }

@@ -304,9 +304,11 @@ impl QueueActor {
         let outputs = self.engine.handle(&mut self.replica, input, now_ms());
         for output in outputs {
             match output {
-                SyncOutput::Send { peer, frame } => {
+                SyncOutput::Send { peer, frame, expects_reply } => {
                     let Some(open) = self.links.get_mut(&peer) else { continue };
-                    open.awaiting_since.get_or_insert_with(std::time::Instant::now);
+                    if expects_reply {
+                        open.awaiting_since.get_or_insert_with(std::time::Instant::now);
+                    }
                     if let Err(error) = open.sender.try_send(frame) {
                         let reason = match error {
                             mpsc::error::TrySendError::Full(_) => "the peer fell too far behind",
