@@ -279,3 +279,30 @@ fn a_quorum_claim_counts_with_one_of_three_down_and_stays_pending_with_two_down(
     assert!(error["message"].as_str().unwrap_or_default().contains("quorum not reached"), "{error}");
     assert_eq!(status_of(&alpha, "Q-2"), "open", "a pending quorum claim holds nothing");
 }
+
+#[test]
+fn the_listen_ports_chosen_on_the_first_start_are_reused_after_a_restart() {
+    let mut node = TestNode::stopped(BIN);
+    assert_eq!(node.cli(&["init", "--json"]).code, 0);
+    node.set_start_flags(&["--no-mdns"]);
+    node.launch();
+    let ports = |node: &TestNode| -> Vec<String> {
+        let listen = node.ok(&["node", "status"])["listen"].as_array().cloned().unwrap_or_default();
+        let mut ports: Vec<String> = listen
+            .iter()
+            .filter_map(|addr| addr.as_str())
+            .filter_map(|addr| {
+                addr.split('/').nth(4).map(|port| format!("{}/{port}", addr.split('/').nth(3).unwrap_or("")))
+            })
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    };
+    wait_until("the node listens on QUIC and TCP", CONVERGE, || ports(&node).len() == 2);
+    let first = ports(&node);
+    node.terminate();
+    node.launch();
+    wait_until("the node listens again", CONVERGE, || ports(&node).len() == 2);
+    assert_eq!(ports(&node), first, "the OS-chosen ports are kept in network.json and reused");
+}
