@@ -306,3 +306,29 @@ fn the_listen_ports_chosen_on_the_first_start_are_reused_after_a_restart() {
     wait_until("the node listens again", CONVERGE, || ports(&node).len() == 2);
     assert_eq!(ports(&node), first, "the OS-chosen ports are kept in network.json and reused");
 }
+
+#[test]
+fn a_removed_member_is_cut_off_and_what_it_writes_later_does_not_arrive() {
+    let [alpha, beta, gamma] = three_node_mesh();
+    let gamma_id = gamma.node_id();
+    let left = alpha.ok(&["mesh", "remove", &gamma_id]);
+    assert_eq!(left.as_array().map(Vec::len), Some(2), "two members left: {left}");
+    wait_until("beta learns of the removal", CONVERGE, || members(&beta).len() == 2);
+    for node in [&alpha, &beta] {
+        wait_until("the removed node is disconnected", CONVERGE, || {
+            let peers = node.ok(&["node", "status"])["peers"].as_array().cloned().unwrap_or_default();
+            peers.iter().all(|peer| peer["node_id"] != gamma_id.as_str())
+        });
+    }
+    wait_until("the removed node is connected to nobody", CONVERGE, || {
+        let peers = gamma.ok(&["node", "status"])["peers"].as_array().cloned().unwrap_or_default();
+        peers.iter().all(|peer| peer["connected"] == false)
+    });
+    gamma.ok(&["task", "add", "after the removal", "--id", "R-1"]);
+    thread::sleep(Duration::from_secs(2));
+    assert!(task(&alpha, "R-1").is_none() && task(&beta, "R-1").is_none(), "nothing from a removed node arrives");
+    let run = alpha.cli(&["mesh", "remove", &gamma_id, "--json"]);
+    assert_eq!(run.code, 0, "removing again changes nothing: {run:?}");
+    let run = alpha.cli(&["mesh", "remove", &alpha.node_id(), "--json"]);
+    assert_eq!((run.code, run.error_code().as_str()), (2, "USAGE"), "a node cannot remove itself");
+}
