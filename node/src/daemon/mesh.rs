@@ -254,6 +254,7 @@ impl QueueActor {
                 }
             }
             MeshCommand::Push => {
+                self.push_queued.store(false, Ordering::Release);
                 if !self.links.is_empty() {
                     self.sync(SyncInput::LocalChange).await;
                 }
@@ -665,8 +666,11 @@ impl QueueActor {
     /// Asks the actor (itself, through its channel) to offer new changes to peers once the
     /// current command is done.
     pub(super) async fn request_push(&self) {
-        if let (false, Some(commands)) = (self.links.is_empty(), self.commands.upgrade()) {
-            let _ = commands.try_send(Command::Mesh(Box::new(MeshCommand::Push)));
+        if let (false, Some(commands)) = (self.links.is_empty(), self.commands.upgrade())
+            && !self.push_queued.swap(true, Ordering::AcqRel)
+            && commands.try_send(Command::Mesh(Box::new(MeshCommand::Push))).is_err()
+        {
+            self.push_queued.store(false, Ordering::Release);
         }
     }
 

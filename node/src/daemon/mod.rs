@@ -217,6 +217,7 @@ fn queue_actor(home: &Home, key: Arc<NodeKey>, config: &Config, recovery: Recove
         links: Default::default(),
         net,
         invites: mesh::Invites::load(&mesh::Invites::path(home.root())),
+        push_queued: Arc::default(),
         // Replaced by `QueueActor::spawn` with the actor's own channel.
         commands: tokio::sync::mpsc::channel(1).0.downgrade(),
     }

@@ -223,6 +223,8 @@ pub(crate) struct QueueActor {
     pub(crate) links: BTreeMap<meshwork_protocol::NodeId, super::mesh::Link>,
     pub(crate) net: crate::net::NetHandle,
     pub(crate) invites: super::mesh::Invites,
+    /// Set while a push is queued, so a burst of durable writes makes one push, not one each.
+    pub(crate) push_queued: Arc<AtomicBool>,
     /// The actor's own command channel, for work that comes back to it (pushes, settles).
     pub(crate) commands: mpsc::WeakSender<Command>,
 }
@@ -436,10 +438,11 @@ impl QueueActor {
         let durable = self.store.submit(frames).await;
         let failed = Arc::clone(&self.write_failed);
         let push = if self.links.is_empty() { None } else { self.commands.upgrade() };
+        let push_queued = Arc::clone(&self.push_queued);
         tokio::spawn(async move {
             let answer = match durable.await {
                 Ok(Ok(())) => {
-                    if let Some(commands) = push {
+                    if let Some(commands) = push.filter(|_| !push_queued.swap(true, Ordering::AcqRel)) {
                         let _ = commands.send(Command::Mesh(Box::new(super::mesh::MeshCommand::Push))).await;
                     }
                     answer
