@@ -332,3 +332,29 @@ fn a_removed_member_is_cut_off_and_what_it_writes_later_does_not_arrive() {
     let run = alpha.cli(&["mesh", "remove", &alpha.node_id(), "--json"]);
     assert_eq!((run.code, run.error_code().as_str()), (2, "USAGE"), "a node cannot remove itself");
 }
+
+/// mDNS alone reconnects two members that forgot each other's addresses: the restarted node
+/// lost its address book and listens on new ports.
+#[test]
+fn members_on_one_lan_find_each_other_by_mdns() {
+    let default_listen: [&str; 0] = [];
+    let start = |name: &str| {
+        let mut node = TestNode::stopped(BIN);
+        assert_eq!(node.cli(&["init", "--name", name, "--json"]).code, 0);
+        node.set_start_flags(&default_listen);
+        node.launch();
+        node
+    };
+    let alpha = start("alpha");
+    let mut beta = start("beta");
+    join(&alpha, &beta);
+    let connected = |node: &TestNode| {
+        let peers = node.ok(&["node", "status"])["peers"].as_array().cloned().unwrap_or_default();
+        peers.len() == 1 && peers[0]["connected"] == true
+    };
+    wait_until("the two members are connected", CONVERGE, || connected(&alpha) && connected(&beta));
+    beta.kill9();
+    std::fs::remove_file(beta.home().join("network.json")).expect("beta's address book");
+    beta.launch();
+    wait_until("mDNS brings the members together again", CONVERGE, || connected(&alpha) && connected(&beta));
+}
