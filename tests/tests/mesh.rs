@@ -354,7 +354,8 @@ fn members_on_one_lan_find_each_other_by_mdns() {
     };
     wait_until("the two members are connected", CONVERGE, || connected(&alpha) && connected(&beta));
     beta.kill9();
-    std::fs::remove_file(beta.home().join("network.json")).expect("beta's address book");
+    // Its address book may not be written yet; either way it knows no address now.
+    let _ = std::fs::remove_file(beta.home().join("network.json"));
     beta.launch();
     wait_until("mDNS brings the members together again", CONVERGE, || connected(&alpha) && connected(&beta));
 }

@@ -52,6 +52,8 @@ const REDIAL_MAX: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(250);
 /// Round-trip samples kept per peer for the settle time.
 const RTT_SAMPLES_KEPT: usize = 64;
+/// How long the higher node id of a pair waits for the lower one to open their sync link.
+const LINK_GRACE: Duration = Duration::from_secs(2);
 /// A connection with no stream open is closed after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -237,6 +239,8 @@ pub(crate) struct Network {
     /// Strangers admitted under an open invite, and since when.
     probation: HashMap<PeerId, Instant>,
     pending_join: Option<PendingJoin>,
+    /// When the first of the current connections to each peer was established.
+    connected_since: HashMap<PeerId, Instant>,
     last_exchange: Instant,
     link_events: mpsc::UnboundedSender<LinkEvent>,
     link_events_in: mpsc::UnboundedReceiver<LinkEvent>,
@@ -289,7 +293,9 @@ impl Network {
                         identify::Config::new("/meshwork/1".to_owned(), key.public())
                             .with_agent_version(format!("meshwork/{}", env!("CARGO_PKG_VERSION"))),
                     ),
-                    ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
+                    ),
                     mdns: Toggle::from(mdns),
                     streams: libp2p_stream::Behaviour::new(),
                 }
@@ -319,6 +325,7 @@ impl Network {
             next_link: 0,
             probation: HashMap::new(),
             pending_join: None,
+            connected_since: HashMap::new(),
             last_exchange: Instant::now(),
             link_events,
             link_events_in,
@@ -492,7 +499,10 @@ impl Network {
                 let text = address.to_string();
                 self.net.facts().listen.retain(|known| *known != text);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if num_established.get() == 1 {
+                    self.connected_since.insert(peer_id, Instant::now());
+                }
                 let now = now_ms();
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
@@ -524,6 +534,7 @@ impl Network {
                     entry.rtt_ms = None;
                 }
                 self.probation.remove(&peer_id);
+                self.connected_since.remove(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 self.net.facts().refused_connections = self.swarm.behaviour().gate.refused;
@@ -543,6 +554,12 @@ impl Network {
                     let mut facts = self.net.facts();
                     facts.peers.entry(node).or_default().addrs = addrs.iter().map(ToString::to_string).collect();
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) })) => {
+                // A connection that stopped answering pings (its peer died without closing
+                // it) goes, so the link on it is opened again on a live one.
+                debug!(%peer, %error, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 if let Ok(node) = NodeId::from_peer_id(&peer) {
@@ -596,10 +613,16 @@ impl Network {
     }
 
     /// Opens the sync link to a connected member unless one exists. Of two members, the one
-    /// with the lower node id opens it, so a pair never ends up with two links.
+    /// with the lower node id opens it, so a pair never ends up with two links; the other opens
+    /// it only when none came within [`LINK_GRACE`] of connecting (the lower one may still hold
+    /// a link on a dead connection, after the other restarted; the new link replaces it).
     fn ensure_link(&mut self, peer: PeerId) {
         let Ok(node) = NodeId::from_peer_id(&peer) else { return };
-        if self.links.contains_key(&peer) || node <= self.local || !self.swarm.is_connected(&peer) {
+        if self.links.contains_key(&peer) || !self.swarm.is_connected(&peer) {
+            return;
+        }
+        let waited = self.connected_since.get(&peer).is_some_and(|since| since.elapsed() > LINK_GRACE);
+        if node <= self.local && !waited {
             return;
         }
         let link = self.new_link(peer);
