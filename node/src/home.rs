@@ -8,6 +8,9 @@
 //! HOME/boot          boot counter (see store::next_boot)
 //! HOME/verified.bin  ids of records whose signatures verified (a cache; damage is ignored)
 //! HOME/derived.bin   the state derived from the document, by its heads (a cache, likewise)
+//! HOME/network.json listening ports chosen at the first start, peers' addresses (net/book.rs)
+//! HOME/invites.json  invites this node issued: secret hashes, expiry, who used each
+//! HOME/sync/         each peer's Automerge sync state, reused on the next connection
 //! HOME/node.sock     local API socket, mode 0600, while a node runs
 //! HOME/node.lock     held (flock) by the running node
 //! ```
