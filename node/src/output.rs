@@ -638,6 +638,7 @@ mod tests {
                     connected: true,
                     last_seen: None,
                     rtt_ms: Some(0.4),
+                    connected_since: Some("2026-11-21T05:00:00.000Z".to_owned()),
                     bad_frames: 0,
                 },
                 PeerView {
@@ -647,6 +648,7 @@ mod tests {
                     connected: false,
                     last_seen: Some("2026-11-20T10:00:00.000Z".to_owned()),
                     rtt_ms: None,
+                    connected_since: None,
                     bad_frames: 2,
                 },
             ],

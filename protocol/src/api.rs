@@ -279,6 +279,9 @@ pub struct PeerView {
     pub last_seen: Option<String>,
     /// Round-trip time of the last ping, in milliseconds, while connected.
     pub rtt_ms: Option<f64>,
+    /// Since when the current connection (the first of them) is up.
+    #[serde(default)]
+    pub connected_since: Option<String>,
     /// Frames from this peer that were refused (oversize, undecodable, invalid).
     pub bad_frames: u64,
 }

@@ -359,3 +359,22 @@ fn members_on_one_lan_find_each_other_by_mdns() {
     beta.launch();
     wait_until("mDNS brings the members together again", CONVERGE, || connected(&alpha) && connected(&beta));
 }
+
+/// A connection with an open sync link outlives the idle-connection timeout (60 s): the
+/// same connection, not a new one after a redial.
+#[test]
+fn a_quiet_mesh_keeps_its_connection_past_the_idle_timeout() {
+    let alpha = TestNode::online(BIN, "alpha");
+    let beta = TestNode::online(BIN, "beta");
+    join(&alpha, &beta);
+    let since = |node: &TestNode| -> Option<String> {
+        let peers = node.ok(&["node", "status"])["peers"].as_array().cloned().unwrap_or_default();
+        peers.first().and_then(|peer| peer["connected_since"].as_str().map(str::to_owned))
+    };
+    wait_until("alpha is connected to beta", CONVERGE, || since(&alpha).is_some());
+    let first = since(&alpha);
+    thread::sleep(Duration::from_secs(65));
+    assert_eq!(since(&alpha), first, "still the first connection");
+    alpha.ok(&["task", "add", "after a quiet minute", "--id", "I-1"]);
+    wait_until("the task still flows", CONVERGE, || task(&beta, "I-1").is_some());
+}

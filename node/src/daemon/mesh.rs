@@ -745,6 +745,7 @@ impl QueueActor {
                     connected: seen.is_some_and(|peer| peer.connected),
                     last_seen: seen.and_then(|peer| peer.last_seen_ms).map(format_rfc3339_ms),
                     rtt_ms: seen.and_then(|peer| peer.rtt_ms),
+                    connected_since: seen.and_then(|peer| peer.connected_since_ms).map(format_rfc3339_ms),
                     bad_frames: self.engine.bad_frames.get(&member.node).copied().unwrap_or(0),
                 },
             );

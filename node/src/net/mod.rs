@@ -84,6 +84,8 @@ pub(crate) struct NetFacts {
 pub(crate) struct PeerFacts {
     pub(crate) addrs: Vec<String>,
     pub(crate) connected: bool,
+    /// When the first of the current connections came up.
+    pub(crate) connected_since_ms: Option<u64>,
     pub(crate) last_seen_ms: Option<u64>,
     pub(crate) rtt_ms: Option<f64>,
     rtt_samples: VecDeque<f64>,
@@ -514,6 +516,9 @@ impl Network {
                     let entry = facts.peers.entry(node).or_default();
                     entry.connected = true;
                     entry.last_seen_ms = Some(now);
+                    if num_established.get() == 1 {
+                        entry.connected_since_ms = Some(now);
+                    }
                 }
                 if self.swarm.behaviour().gate.is_member(&peer_id) {
                     self.ensure_link(peer_id);
@@ -530,6 +535,7 @@ impl Network {
                     let mut facts = self.net.facts();
                     let entry = facts.peers.entry(node).or_default();
                     entry.connected = false;
+                    entry.connected_since_ms = None;
                     entry.last_seen_ms = Some(now_ms());
                     entry.rtt_ms = None;
                 }
