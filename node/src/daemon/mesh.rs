@@ -770,7 +770,9 @@ mod tests {
     use crate::net::NetHandle;
 
     /// A node whose mesh has `peer` as a member, running its queue actor.
-    async fn node_with_member(peer: NodeId) -> (tempfile::TempDir, QueueHandle, mpsc::UnboundedReceiver<NetCommand>) {
+    async fn node_with_member(
+        peer: NodeId,
+    ) -> (tempfile::TempDir, QueueHandle, mpsc::UnboundedReceiver<NetCommand>, NetHandle) {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), Some("receiver")).unwrap();
         let home = Home::new(dir.path().to_path_buf());
@@ -782,8 +784,8 @@ mod tests {
         let changes = recovery.replica.change_membership(&key, membership, now_ms()).unwrap();
         recovery.store.write(vec![Frame::Changes(changes)]).await.unwrap();
         let (net, commands) = NetHandle::new(false);
-        let (queue, _task) = queue_actor(&home, key, &config, recovery, net).spawn();
-        (dir, queue, commands)
+        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone()).spawn();
+        (dir, queue, commands, net)
     }
 
     async fn export(queue: &QueueHandle) -> serde_json::Value {
@@ -818,7 +820,7 @@ mod tests {
     #[tokio::test]
     async fn oversize_and_garbage_frames_cut_the_sender_off_and_change_nothing() {
         let peer = NodeKey::from_seed([7; 32]).node_id();
-        let (_home, queue, mut net) = node_with_member(peer).await;
+        let (_home, queue, mut net, _) = node_with_member(peer).await;
         let before = export(&queue).await;
 
         let mut garbage = 3u32.to_be_bytes().to_vec();
@@ -845,10 +847,66 @@ mod tests {
     async fn a_sync_link_from_a_non_member_is_refused() {
         let member = NodeKey::from_seed([7; 32]).node_id();
         let stranger = NodeKey::from_seed([8; 32]).node_id();
-        let (_home, queue, _net) = node_with_member(member).await;
+        let (_home, queue, _net, _) = node_with_member(member).await;
         let (sender, _frames) = mpsc::channel(1);
         assert!(!queue.sync_opened(stranger, 1, sender).await);
         let (sender, _frames) = mpsc::channel(1);
         assert!(queue.sync_opened(member, 2, sender).await);
+    }
+
+    /// The connection limits hold: a member's third connection at once is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_members_third_connection_is_refused() {
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        use libp2p::{Multiaddr, futures::StreamExt as _};
+        use meshwork_protocol::limits::CONNECTIONS_PER_PEER_MAX;
+
+        let member_key = NodeKey::from_seed([7; 32]);
+        let (home, queue, commands, net) = node_with_member(member_key.node_id()).await;
+        let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
+        let config = crate::net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            peers: Vec::new(),
+            mdns: false,
+            home: home.path().to_path_buf(),
+        };
+        let allow = Allowlist {
+            members: [key.node_id(), member_key.node_id()].iter().map(|node| node.peer_id().unwrap()).collect(),
+            invites_open_until_ms: 0,
+        };
+        let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(network.run(commands, stop.clone()));
+        let mut listen: Option<Multiaddr> = None;
+        for _ in 0..200 {
+            listen = net.facts().listen.first().and_then(|addr| addr.parse().ok());
+            if listen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let listen = listen.expect("the node listens");
+
+        let keypair =
+            libp2p::identity::Keypair::from_protobuf_encoding(&member_key.to_libp2p_protobuf().unwrap()).unwrap();
+        let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .unwrap()
+            .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let node = key.node_id().peer_id().unwrap();
+        for _ in 0..3 {
+            let dial = DialOpts::peer_id(node).addresses(vec![listen.clone()]).condition(PeerCondition::Always).build();
+            client.dial(dial).unwrap();
+        }
+        // Let the three dials play out: two stay, the third is closed by the node.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, client.next()).await {}
+        let established = client.network_info().connection_counters().num_established();
+        assert_eq!(established, CONNECTIONS_PER_PEER_MAX, "a member holds at most two connections");
+        stop.cancel();
     }
 }

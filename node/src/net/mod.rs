@@ -561,7 +561,11 @@ impl Network {
                     facts.peers.entry(node).or_default().addrs = addrs.iter().map(ToString::to_string).collect();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error @ ping::Failure::Timeout),
+            })) => {
                 // A connection that stopped answering pings (its peer died without closing
                 // it) goes, so the link on it is opened again on a live one.
                 debug!(%peer, %error, "ping failed; closing the connection");
