@@ -3,14 +3,12 @@
 //! replicas of a mesh of three. Invariant 7, quorum claims are exclusive, as examples here
 //! and as a property in `invariants.rs`.
 
-use std::collections::BTreeSet;
-
 use meshwork_crdt::membership::MemberSet;
 use meshwork_crdt::ops::{AckDue, ClaimOptions};
 use meshwork_crdt::probes::ProbeBook;
 use meshwork_crdt::resolve::{LossReason, ResolveContext, StoredRecord, TaskState, resolve};
 use meshwork_crdt::task::TaskFields;
-use meshwork_crdt::test_support::{founding_record, membership_record, node_key, signed};
+use meshwork_crdt::test_support::{ThreeMembers, node_key, signed, three_members};
 use meshwork_crdt::{QueueDoc, Replica, Speaker};
 use meshwork_protocol::api::{AddTask, TaskStatus};
 use meshwork_protocol::record::{Claim, Membership, MembershipAction};
@@ -32,31 +30,7 @@ fn at(wall_ms: u64) -> Stamp {
 
 /// A mesh of three members (keys 0 to 2) and one task; key 3 is an outsider.
 fn world() -> World {
-    let keys: Vec<NodeKey> = (1..=4).map(node_key).collect();
-    let (mesh, founding) = founding_record(&keys[0], 1_000);
-    let mut membership = vec![founding];
-    for key in &keys[1..3] {
-        membership.push(membership_record(&keys[0], mesh, 2_000, MembershipAction::Add, key));
-    }
-    let members = MemberSet::derive(mesh, &membership);
-    let fields = TaskFields {
-        id: TaskId::new("WRK-7").unwrap(),
-        title: "t".into(),
-        description: String::new(),
-        priority: 0,
-        labels: vec![],
-        depends_on: BTreeSet::new(),
-        requires: vec![],
-        prefers: vec![],
-        checks: vec![],
-        files: vec![],
-        lease_ms: LEASE_MS,
-        max_attempts: 3,
-        needs_approval: false,
-        created_by: keys[0].node_id(),
-        created_at: at(3_000),
-        id_conflicts: vec![],
-    };
+    let ThreeMembers { keys, mesh, members, fields } = three_members("WRK-7", LEASE_MS);
     World { keys, mesh, members, probes: ProbeBook::default(), fields }
 }
 
