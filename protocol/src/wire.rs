@@ -114,10 +114,12 @@ fn encode_payload<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
-/// Decodes a postcard payload, refusing trailing bytes so each frame has one encoding.
-fn decode_payload<T: for<'de> Deserialize<'de>>(kind: u8, payload: &[u8]) -> Result<T, WireError> {
+/// Decodes a postcard payload, refusing trailing bytes and any encoding but the canonical one
+/// (postcard reads an overlong varint, `82 00` for 2, as the value) so each frame has one encoding.
+fn decode_payload<T: Serialize + for<'de> Deserialize<'de>>(kind: u8, payload: &[u8]) -> Result<T, WireError> {
     match postcard::take_from_bytes::<T>(payload) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) if encode_payload(&value) == payload => Ok(value),
+        Ok((_, [])) => Err(WireError::Malformed { kind, reason: "the payload is not canonically encoded".to_owned() }),
         Ok((_, rest)) => Err(WireError::Malformed { kind, reason: format!("{} bytes after the payload", rest.len()) }),
         Err(error) => Err(WireError::Malformed { kind, reason: error.to_string() }),
     }
@@ -209,6 +211,20 @@ mod tests {
         for frame in frames {
             assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
         }
+    }
+
+    /// Found by the `frame_decoder` fuzz target (fuzz/seeds/frame_decoder/overlong-varint-join-refused):
+    /// postcard reads an overlong varint as its value, so a join frame had more than one encoding.
+    #[test]
+    fn a_join_frame_with_an_overlong_varint_is_refused() {
+        let overlong_code = [WIRE_VERSION, KIND_JOIN_REFUSED, 0x82, 0x00, 0x00];
+        assert!(matches!(Frame::decode(&overlong_code), Err(WireError::Malformed { .. })));
+        let mut overlong_name_length = vec![WIRE_VERSION, KIND_JOIN_REQUEST];
+        overlong_name_length.extend([7; 32]);
+        overlong_name_length.extend([0x81, 0x00, b'a']);
+        assert!(matches!(Frame::decode(&overlong_name_length), Err(WireError::Malformed { .. })));
+        let canonical = Frame::JoinRefused(JoinRefusal { code: ErrorCode::NodeUnavailable, message: String::new() });
+        assert_eq!(Frame::decode(&canonical.encode()), Ok(canonical));
     }
 
     #[test]
