@@ -264,6 +264,11 @@ impl QueueDoc {
 
     /// The records stored under a task, decoded and verified; undecodable or forged bytes
     /// come back as `Invalid`.
+    /// Whether the document holds a record under a task (without decoding it).
+    pub fn has_task_record(&self, task: &TaskId, record: RecordId) -> bool {
+        matches!(self.doc.get(&self.maps.records, record_key(task, record)), Ok(Some(_)))
+    }
+
     pub fn read_task_records(&self, id: &TaskId) -> Vec<StoredRecord> {
         self.read_task_records_verified(id, &BTreeSet::new())
     }

@@ -6,6 +6,7 @@
 
 pub mod derived_cache;
 pub mod document;
+pub mod duties;
 pub mod export;
 pub mod fields;
 pub mod gate;

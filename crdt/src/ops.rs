@@ -33,6 +33,11 @@ pub enum OpError {
     /// Boxed: Automerge's errors are large and refusals are the common case.
     #[error(transparent)]
     Doc(Box<DocError>),
+    /// The operation wrote its record, and the record does not count: a claim that lost as
+    /// soon as it was derived. The answer is the refusal, and the change must still be stored
+    /// and pushed like any other (later changes depend on it).
+    #[error("{refusal}")]
+    Written { applied: Box<Applied>, refusal: ErrorBody },
 }
 
 impl From<DocError> for OpError {
@@ -46,10 +51,18 @@ impl OpError {
         OpError::Refused(ErrorBody::new(code, message))
     }
 
+    /// The change a refused operation wrote all the same ([`OpError::Written`]).
+    pub fn written(&self) -> Option<&Applied> {
+        match self {
+            OpError::Written { applied, .. } => Some(applied),
+            _ => None,
+        }
+    }
+
     /// The contract error this failure shows as.
     pub fn to_error_body(&self) -> ErrorBody {
         match self {
-            OpError::Refused(body) => body.clone(),
+            OpError::Refused(body) | OpError::Written { refusal: body, .. } => body.clone(),
             other => ErrorBody::new(ErrorCode::Internal, other.to_string()),
         }
     }
@@ -387,12 +400,13 @@ impl Replica {
             quorum: options.quorum,
         };
         let applied = self.put_record(speaker, id, RecordBody::Claim(claim), now_ms)?;
-        if options.quorum {
-            self.confirm_not_lost(id, applied.record)?;
-        } else {
-            self.confirm_holder(speaker, id)?;
+        let verdict =
+            if options.quorum { self.confirm_not_lost(id, applied.record) } else { self.confirm_holder(speaker, id) };
+        match verdict {
+            Ok(()) => Ok(applied),
+            Err(OpError::Refused(refusal)) => Err(OpError::Written { applied: Box::new(applied), refusal }),
+            Err(other) => Err(other),
         }
-        Ok(applied)
     }
 
     /// Checks readiness, approval and gates; the generation a new claim names, or the

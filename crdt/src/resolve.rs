@@ -446,8 +446,10 @@ pub fn rendezvous(task: &TaskId, node: &NodeId) -> u64 {
 enum TenureEnd {
     /// Still held: no release, failure or takeover in the records.
     Held,
-    /// Ended at this wall time; `failed` counts toward `max_attempts`.
-    Ended { at_ms: u64, failed: bool, failure: Option<Noted<String>> },
+    /// Ended at this stamp; `failed` counts toward `max_attempts`. A claim of the next
+    /// generation counts only if stamped after it (the whole hybrid stamp: a node whose clock
+    /// is behind stamps its claim in the same millisecond with a higher logical count).
+    Ended { at: Stamp, failed: bool, failure: Option<Noted<String>> },
 }
 
 /// Walks the generations: the winner of each, and whether its tenure ended.
@@ -459,12 +461,11 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
         .filter(|(id, _)| !refused.contains(*id) && !quorum.pending_ids.contains(*id))
         .map(|(id, entry)| (*id, entry.clone()))
         .collect();
-    let mut previous_end_ms: Option<u64> = None;
+    let mut previous_end: Option<Stamp> = None;
     let mut placed: BTreeSet<RecordId> = BTreeSet::new();
     loop {
         let generation = state.generation;
-        let after_previous =
-            |(_, entry): &&(RecordId, ClaimEntry)| previous_end_ms.is_none_or(|end| entry.stamp.wall_ms > end);
+        let after_previous = |(_, entry): &&(RecordId, ClaimEntry)| previous_end.is_none_or(|end| entry.stamp > end);
         let (candidates, early): (Vec<_>, Vec<_>) =
             eligible.iter().filter(|(_, entry)| entry.claim.generation == generation).partition(after_previous);
         let (waiting, early_waiting): (Vec<_>, Vec<_>) = quorum.pending_of(generation).iter().partition(after_previous);
@@ -482,7 +483,7 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
                 for (id, entry) in &waiting {
                     place_lost(state, &mut placed, *id, entry, LossReason::QuorumSplit);
                 }
-                previous_end_ms = None;
+                previous_end = None;
                 state.generation += 1;
                 continue;
             }
@@ -522,14 +523,14 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
                 });
                 break;
             }
-            TenureEnd::Ended { at_ms, failed, failure } => {
+            TenureEnd::Ended { at, failed, failure } => {
                 if failed {
                     state.failures += 1;
                 }
                 if failure.is_some() {
                     state.failure = failure;
                 }
-                previous_end_ms = Some(at_ms);
+                previous_end = Some(at);
                 state.generation += 1;
             }
         }
@@ -626,11 +627,14 @@ fn tenure_end(
         .min_by_key(|(stamp, signed, _)| (*stamp, signed.id()));
     match closing {
         Some((stamp, signed, reason)) => TenureEnd::Ended {
-            at_ms: stamp.wall_ms,
+            at: stamp,
             failed: reason.is_some(),
             failure: reason.map(|reason| noted(signed, reason.clone())),
         },
-        None if taken_over => TenureEnd::Ended { at_ms: lease_until, failed: true, failure: None },
+        // Every stamp of the lease's last millisecond is inside it.
+        None if taken_over => {
+            TenureEnd::Ended { at: Stamp { wall_ms: lease_until, logical: u32::MAX }, failed: true, failure: None }
+        }
         None => TenureEnd::Held,
     }
 }
@@ -672,7 +676,10 @@ fn apply_finishing_records(records: &[SignedRecord], state: &mut TaskState) {
         }
     }
     results.sort_by_key(|result| (result.at, result.node, result.record));
-    let accepted = accepted.map(|(_, result)| result).or_else(|| (!results.is_empty()).then(|| results.remove(0)));
+    let any_done_finishes = !sabotage::is_broken(sabotage::BrokenRule::DoneNeedsWinningClaim);
+    let accepted = accepted
+        .map(|(_, result)| result)
+        .or_else(|| (any_done_finishes && !results.is_empty()).then(|| results.remove(0)));
     if let Some(result) = accepted {
         state.status = TaskStatus::Done;
         state.holder = None;
@@ -725,4 +732,43 @@ fn collect_notes(records: &[SignedRecord], state: &mut TaskState) {
     state.progress.sort_by_key(|note| (note.at, note.record));
     state.handoffs.sort_by_key(|note| (note.at, note.record));
     state.lost_claims.sort_by_key(|lost| (lost.generation, lost.claimed_at, lost.claim));
+}
+
+/// Deliberately broken resolver rules, switched on only by tests that prove netsim's
+/// checkers catch a broken core (`netsim/tests/broken_rule.rs`). The switch is per thread,
+/// off unless a test sets it, and nothing outside tests may set it.
+#[doc(hidden)]
+pub mod sabotage {
+    use std::cell::Cell;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum BrokenRule {
+        /// A `done` finishes the task only while its claim is the winner, so a winning claim
+        /// that arrives late turns a done task back into a claimed one (breaks invariant 4).
+        DoneNeedsWinningClaim,
+    }
+
+    thread_local! {
+        static BROKEN: Cell<Option<BrokenRule>> = const { Cell::new(None) };
+    }
+
+    /// Breaks `rule` on this thread until the guard is dropped.
+    pub fn break_rule(rule: BrokenRule) -> Guard {
+        BROKEN.with(|broken| broken.set(Some(rule)));
+        Guard(())
+    }
+
+    #[derive(Debug)]
+    pub struct Guard(());
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            BROKEN.with(|broken| broken.set(None));
+        }
+    }
+
+    pub(crate) fn is_broken(rule: BrokenRule) -> bool {
+        BROKEN.with(|broken| broken.get() == Some(rule))
+    }
 }

@@ -87,7 +87,10 @@ impl SyncEngine {
                 }
             }
             SyncInput::Frame { peer, bytes } => self.frame(replica, peer, &bytes, now_ms, &mut outputs),
-            SyncInput::LocalChange => self.push_all(replica, &mut outputs),
+            SyncInput::LocalChange => {
+                self.close_non_members(replica, &mut outputs);
+                self.push_all(replica, &mut outputs);
+            }
         }
         outputs
     }
@@ -104,7 +107,7 @@ impl SyncEngine {
         saved_state: Option<Vec<u8>>,
         outputs: &mut Vec<SyncOutput>,
     ) {
-        if !replica.members().get(&peer).is_some_and(|member| member.is_current()) {
+        if !is_current_member(replica, &peer) {
             outputs.push(SyncOutput::Close { peer, reason: "not a member of this mesh".to_owned() });
             return;
         }
@@ -115,6 +118,10 @@ impl SyncEngine {
     }
 
     fn frame(&mut self, replica: &mut Replica, peer: NodeId, bytes: &[u8], now_ms: u64, outputs: &mut Vec<SyncOutput>) {
+        if !is_current_member(replica, &peer) {
+            // Removed while connected: nothing it sends counts any more.
+            return self.close(peer, "not a member of this mesh", outputs);
+        }
         let Some(session) = self.peers.get_mut(&peer).filter(|session| session.connected) else {
             outputs.push(SyncOutput::Close { peer, reason: "frame before the sync session opened".to_owned() });
             return;
@@ -136,7 +143,11 @@ impl SyncEngine {
         if !touched.is_empty() || replica.doc().heads() != before {
             outputs.push(SyncOutput::Persist { changes: replica.doc().automerge().save_after(&before) });
             replica.refresh(&touched, now_ms);
+            let members_changed = touched.members;
             outputs.push(SyncOutput::Changed(touched));
+            if members_changed {
+                self.close_non_members(replica, outputs);
+            }
             // New changes flow on to everyone else too.
             self.push_all(replica, outputs);
         } else {
@@ -150,6 +161,25 @@ impl SyncEngine {
             session.connected = false;
         }
         outputs.push(SyncOutput::Close { peer, reason: format!("bad frame: {reason}") });
+    }
+
+    /// Ends the sessions of peers that are no longer members (a removal merged or made here):
+    /// the shell closes their links, and their frames are refused from now on.
+    fn close_non_members(&mut self, replica: &Replica, outputs: &mut Vec<SyncOutput>) {
+        let removed: Vec<NodeId> =
+            self.connected_peers().filter(|peer| !is_current_member(replica, peer)).copied().collect();
+        for peer in removed {
+            self.close(peer, "no longer a member of this mesh", outputs);
+        }
+    }
+
+    /// Ends a peer's session and tells the shell to close its link, keeping its sync state.
+    fn close(&mut self, peer: NodeId, reason: &str, outputs: &mut Vec<SyncOutput>) {
+        if let Some(session) = self.peers.get_mut(&peer).filter(|session| session.connected) {
+            session.connected = false;
+            outputs.push(SyncOutput::PersistPeerState { peer, state: session.state.encode() });
+        }
+        outputs.push(SyncOutput::Close { peer, reason: reason.to_owned() });
     }
 
     fn push_all(&mut self, replica: &Replica, outputs: &mut Vec<SyncOutput>) {
@@ -166,4 +196,8 @@ impl SyncEngine {
             outputs.push(SyncOutput::Send { peer, frame: Frame::Sync(message.encode()).encode(), expects_reply });
         }
     }
+}
+
+fn is_current_member(replica: &Replica, peer: &NodeId) -> bool {
+    replica.members().get(peer).is_some_and(|member| member.is_current())
 }

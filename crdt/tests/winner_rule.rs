@@ -126,6 +126,29 @@ fn takeover_after_lease_expiry_starts_the_next_generation() {
 
 /// A holder whose renewal was signed in time keeps the task even if the renewal arrives
 /// after a takeover attempt; the taker learns it lost.
+/// Found by netsim (seed 8): a node whose clock is a few ms behind merges a failure and
+/// claims at once; its hybrid clock stamps the claim in the failure's millisecond with a
+/// higher logical count, which is after the failure and must open the next generation.
+#[test]
+fn a_claim_stamped_in_the_failures_millisecond_but_after_it_takes_the_next_generation() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 4_000);
+    let fail =
+        world.follow_up(0, 5_000, |task, claim| RecordBody::Fail { task, claim, reason: "broke".to_owned() }, &first);
+    let body = RecordBody::Claim(Claim {
+        task: world.fields.id.clone(),
+        generation: 1,
+        lamport: 2,
+        lease_ms: LEASE_MS,
+        probe: None,
+        quorum: false,
+    });
+    let after = signed(&world.keys[1], world.mesh, Stamp { wall_ms: 5_000, logical: 1 }, Some("agent"), body);
+    let state = world.resolve(&[&first, &fail, &after]);
+    assert_eq!(state.generation, 1);
+    assert_eq!(world.holder_node(&state), Some(1), "lost: {:?}", state.lost_claims);
+}
+
 #[test]
 fn a_timely_renewal_beats_an_early_takeover() {
     let world = world();

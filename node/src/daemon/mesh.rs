@@ -15,6 +15,7 @@ use meshwork_crdt::{QueueDoc, Replica, Touched};
 use meshwork_protocol::api::MessageView;
 use meshwork_protocol::api::{InviteView, JoinedView};
 use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::hlc::HLC_DRIFT_MS_MAX;
 use meshwork_protocol::identity::hex;
 use meshwork_protocol::invite::{InviteToken, secret_hash};
 use meshwork_protocol::limits::{INVITE_TTL_MS_DEFAULT, INVITE_TTL_MS_MAX, INVITES_KEPT_MAX};
@@ -223,6 +224,27 @@ fn invite_ttl(ttl_ms: Option<u64>) -> Result<u64, ErrorBody> {
     Ok(ttl)
 }
 
+/// Whether a joiner may refuse an invite as expired without asking the inviter. The inviter's
+/// clock decides (it refuses an expired invite itself); this node's clock may run ahead of it,
+/// so only an invite expired by more than the clock skew the mesh tolerates
+/// ([`HLC_DRIFT_MS_MAX`]) is refused here.
+fn expired_beyond_doubt(expires_ms: u64, now_ms: u64) -> bool {
+    expires_ms.saturating_add(HLC_DRIFT_MS_MAX) <= now_ms
+}
+
+/// The answer to a join the inviter did not answer. When the invite has expired by this
+/// machine's clock as well, that is the likely reason (an inviter admits strangers only while
+/// one of its invites is open) and the token will not work again: `GATE_REFUSED`.
+fn unreachable_or_expired(error: ErrorBody, expires_ms: u64, now_ms: u64) -> ErrorBody {
+    if error.code == ErrorCode::NodeUnavailable && expires_ms <= now_ms {
+        return ErrorBody::new(
+            ErrorCode::GateRefused,
+            format!("this invite expired at {}", format_rfc3339_ms(expires_ms)),
+        );
+    }
+    error
+}
+
 fn refuse(code: ErrorCode, message: impl Into<String>) -> JoinRefusal {
     JoinRefusal { code, message: message.into() }
 }
@@ -358,59 +380,34 @@ impl QueueActor {
         });
     }
 
-    /// After a merge: keep the allowlist in step, tell agents whose claims lost.
+    /// After a merge: keep the allowlist in step (the engine ends removed members' sessions),
+    /// then do this node's duties for the touched tasks.
     async fn after_merge(&mut self, touched: &Touched) {
         if touched.members {
             self.send_allowlist();
-            let removed: Vec<NodeId> = self
-                .links
-                .keys()
-                .filter(|peer| !self.replica.members().get(peer).is_some_and(|member| member.is_current()))
-                .copied()
-                .collect();
-            for peer in removed {
-                self.close_link(peer, "no longer a member");
-            }
         }
         let tasks: Vec<TaskId> = touched.tasks.iter().cloned().collect();
-        self.acknowledge_quorum_claims(&tasks).await;
-        self.tell_losers(&tasks).await;
+        self.fulfil_duties(&tasks).await;
     }
 
-    /// Signs this node's acknowledgement (its vote) of pending quorum claims of these tasks:
-    /// at most one per task and generation, for the first claim in the winner order.
-    async fn acknowledge_quorum_claims(&mut self, tasks: &[TaskId]) {
-        let due = self.replica.acks_due(tasks);
-        if due.is_empty() {
-            return;
-        }
+    /// Signs this node's votes on pending quorum claims of these tasks and writes the
+    /// lost-claim notices owed to its agents ([`meshwork_crdt::duties`]), each exactly once.
+    pub(super) async fn fulfil_duties(&mut self, tasks: &[TaskId]) {
         let key = Arc::clone(&self.key);
-        match self.replica.acknowledge(&key, &due, now_ms()) {
-            Ok(Some(changes)) => {
-                info!(acks = due.len(), "acknowledged quorum claims");
-                self.write_and_push(vec![Frame::Changes(changes)]).await;
-            }
-            Ok(None) => {}
-            Err(error) => warn!(error = %error.to_error_body().message, "could not acknowledge quorum claims"),
+        let duties = self.replica.fulfil_duties(&key, tasks, now_ms());
+        for error in &duties.errors {
+            warn!(%error, "a duty after the merge was not written");
         }
-    }
-
-    /// Writes the lost-claim notices owed for these tasks (each exactly once).
-    pub(super) async fn tell_losers(&mut self, tasks: &[TaskId]) {
-        let notices = self.replica.notices_due(tasks, now_ms());
-        if notices.is_empty() {
+        if duties.changes.is_empty() {
             return;
         }
-        match self.replica.write_notices(&notices, now_ms()) {
-            Ok(Some(changes)) => {
-                for notice in &notices {
-                    info!(to = %notice.to, subject = %notice.message.subject, "told an agent its claim lost");
-                }
-                self.write_and_push(vec![Frame::Changes(changes)]).await;
-            }
-            Ok(None) => {}
-            Err(error) => warn!(%error, "could not write lost-claim notices"),
+        if !duties.acks.is_empty() {
+            info!(acks = duties.acks.len(), "acknowledged quorum claims");
         }
+        for notice in &duties.notices {
+            info!(to = %notice.to, subject = %notice.message.subject, "told an agent its claim lost");
+        }
+        self.write_and_push(duties.changes.into_iter().map(Frame::Changes).collect()).await;
     }
 
     /// The members' peer ids and whether invites are open, for the network's gate.
@@ -547,7 +544,7 @@ impl QueueActor {
                             let _ = commands.send(Command::Mesh(Box::new(adopt))).await;
                         }
                         Ok(Err(error)) => {
-                            let _ = reply.send(Err(error));
+                            let _ = reply.send(Err(unreachable_or_expired(error, token.expires_ms, now_ms())));
                         }
                         Err(_) => {
                             let _ = reply.send(Err(super::queue::unavailable()));
@@ -563,7 +560,7 @@ impl QueueActor {
         if self.replica.mesh() == Some(token.mesh) {
             return Ok(Some(self.joined_view(&token.inviter)));
         }
-        if token.expires_ms <= now_ms() {
+        if expired_beyond_doubt(token.expires_ms, now_ms()) {
             return Err(ErrorBody::new(
                 ErrorCode::GateRefused,
                 format!("this invite expired at {}", format_rfc3339_ms(token.expires_ms)),
@@ -908,5 +905,147 @@ mod tests {
         let established = client.network_info().connection_counters().num_established();
         assert_eq!(established, CONNECTIONS_PER_PEER_MAX, "a member holds at most two connections");
         stop.cancel();
+    }
+
+    /// Regression: a joiner whose clock ran an hour ahead refused a fresh one-hour invite as
+    /// expired by its own clock, though the inviter, whose clock decides, would admit it.
+    #[test]
+    fn a_joiner_whose_clock_runs_ahead_leaves_the_expiry_to_the_inviter() {
+        let hour_ms = 3600 * 1000;
+        let expires_ms = 1_800_000_000_000;
+        assert!(!expired_beyond_doubt(expires_ms, expires_ms + hour_ms), "an hour of skew: ask the inviter");
+        assert!(!expired_beyond_doubt(expires_ms, expires_ms - 1));
+        assert!(expired_beyond_doubt(expires_ms, expires_ms + HLC_DRIFT_MS_MAX), "beyond any tolerated skew");
+        // An inviter that does not answer a token expired here too: the token is spent.
+        let unreachable = || ErrorBody::new(ErrorCode::NodeUnavailable, "cannot reach the inviter").retryable();
+        assert_eq!(unreachable_or_expired(unreachable(), expires_ms, expires_ms).code, ErrorCode::GateRefused);
+        assert_eq!(unreachable_or_expired(unreachable(), expires_ms, expires_ms - 1).code, ErrorCode::NodeUnavailable);
+    }
+
+    /// A sync link ends with the connection the node closed, and a new one opens on the
+    /// member's next connection. Method: a member client reaches the node through a proxy that
+    /// can freeze a connection (nothing passes, nothing closes, as across a cut cable) and keeps
+    /// every sync stream it is given; the node drops the frozen connection; the client dials
+    /// again and must be given a new link. (Across a real partition yamux left the old link
+    /// waiting forever, rust-yamux#216; the netns test `a_two_one_partition_heals_to_one_holder_
+    /// per_task` pins that. Here the old link happens to be woken, so this test alone would not.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_link_ends_with_its_closed_connection_and_opens_on_the_next() {
+        use libp2p::futures::StreamExt as _;
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+        let member_key = NodeKey::from_seed([7; 32]);
+        let member = member_key.node_id();
+        let (home, queue, commands, net) = node_with_member(member).await;
+        let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
+        let config = crate::net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            peers: Vec::new(),
+            mdns: false,
+            home: home.path().to_path_buf(),
+        };
+        let allow = Allowlist {
+            members: [key.node_id(), member].iter().map(|node| node.peer_id().unwrap()).collect(),
+            invites_open_until_ms: 0,
+        };
+        let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(network.run(commands, stop.clone()));
+        let mut listen = None;
+        for _ in 0..200 {
+            listen = net.facts().listen.first().and_then(|addr| addr.parse::<libp2p::Multiaddr>().ok());
+            if listen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let port = listen.expect("the node listens").iter().find_map(|protocol| match protocol {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        });
+        let (proxy, frozen) = freezing_proxy(std::net::SocketAddr::from(([127, 0, 0, 1], port.unwrap()))).await;
+        let proxy: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", proxy.port()).parse().unwrap();
+
+        let keypair =
+            libp2p::identity::Keypair::from_protobuf_encoding(&member_key.to_libp2p_protobuf().unwrap()).unwrap();
+        let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let mut links = client.behaviour().new_control().accept(crate::net::SYNC_PROTOCOL).unwrap();
+        let (dial, mut dials) = mpsc::unbounded_channel::<()>();
+        let node = key.node_id().peer_id().unwrap();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = dials.recv() => {
+                        let options = DialOpts::peer_id(node).addresses(vec![proxy.clone()]);
+                        client.dial(options.condition(PeerCondition::Always).build()).unwrap();
+                    }
+                    _ = client.select_next_some() => {}
+                }
+            }
+        });
+        // The client keeps its streams open: only the node's side may end them.
+        let mut kept = Vec::new();
+        dial.send(()).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), links.next()).await;
+        kept.push(first.expect("the node opens a sync link").expect("a stream"));
+
+        frozen.store(1, Ordering::SeqCst);
+        assert!(net.send(NetCommand::Disconnect(member)), "the network runs");
+        for _ in 0..500 {
+            if !net.facts().peers.get(&member).is_some_and(|peer| peer.connected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!net.facts().peers.get(&member).is_some_and(|peer| peer.connected), "the node dropped the member");
+        dial.send(()).unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(10), links.next()).await;
+        kept.push(second.expect("a new sync link on the next connection").expect("a stream"));
+        stop.cancel();
+    }
+
+    /// A TCP proxy to `target`. Its connection number `i` (from 0) stops carrying bytes either
+    /// way, without closing, once the caller sets `frozen` above `i`: a cut cable.
+    async fn freezing_proxy(
+        target: std::net::SocketAddr,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let frozen_count = Arc::clone(&frozen);
+        tokio::spawn(async move {
+            for index in 0.. {
+                let Ok((inbound, _)) = listener.accept().await else { return };
+                let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (inbound_read, inbound_write) = inbound.into_split();
+                let (outbound_read, outbound_write) = outbound.into_split();
+                for (mut from, mut to) in [(inbound_read, outbound_write), (outbound_read, inbound_write)] {
+                    let frozen = Arc::clone(&frozen_count);
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0; 64 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else { return };
+                            if index < frozen.load(Ordering::SeqCst) {
+                                // Hold both sockets open and carry nothing more.
+                                std::future::pending::<()>().await;
+                            }
+                            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        (address, frozen)
     }
 }

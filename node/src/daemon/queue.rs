@@ -295,10 +295,23 @@ impl QueueActor {
             Err(error) => Err(error.to_error_body()),
         };
         let mut frames = Vec::new();
-        if let Ok(applied) = &outcome
+        // A claim that lost at once wrote its record all the same: it is stored like any other.
+        let written = match &outcome {
+            Ok(applied) => Some(applied),
+            Err(error) => error.written(),
+        };
+        if let Some(applied) = written
             && !applied.changes.is_empty()
         {
             frames.push(Frame::Changes(applied.changes.clone()));
+            // A local operation can make claims lose too (a cancel closes pending quorum
+            // claims): their notices and this node's votes go in the same durable write.
+            let key = Arc::clone(&self.key);
+            let duties = self.replica.fulfil_duties(&key, std::slice::from_ref(&applied.task), now);
+            for error in &duties.errors {
+                warn!(%error, "a duty after a local operation was not written");
+            }
+            frames.extend(duties.changes.into_iter().map(Frame::Changes));
         }
         // A quorum claim's answer is known only once its majority arrived (or did not).
         let quorum_timeout_ms = match &mutation {
@@ -407,7 +420,7 @@ impl QueueActor {
             format!("the claim of {task} lost a race during its settle time; it went to {winner}"),
         ));
         let task = task.clone();
-        self.tell_losers(std::slice::from_ref(&task)).await;
+        self.fulfil_duties(std::slice::from_ref(&task)).await;
         self.answer_settled(settled, lost).await;
     }
 

@@ -1,0 +1,412 @@
+//! The checkers, named after the invariants of the design (docs/TESTING.md lists them).
+//! Step checks run on every node an event changed; quiescence checks run once the healed
+//! mesh has settled; the liveness check once agents have had time to finish everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshwork_crdt::Replica;
+use meshwork_crdt::gate;
+use meshwork_crdt::inbox::lost_notice_id;
+use meshwork_protocol::api::TaskStatus;
+use meshwork_protocol::{AgentId, NodeId, RecordId, Stamp, TaskId};
+use sha2::{Digest, Sha256};
+
+use crate::node::SimNode;
+
+/// The invariants, by the names docs/TESTING.md and the design use.
+pub mod invariant {
+    pub const CONVERGENCE: &str = "convergence";
+    pub const ONE_HOLDER: &str = "one holder";
+    pub const NOTHING_LOST: &str = "nothing lost";
+    pub const FINISHED_STAYS_FINISHED: &str = "finished stays finished";
+    pub const LOSERS_TOLD: &str = "losers told exactly once";
+    pub const GATES_HOLD: &str = "gates hold";
+    pub const QUORUM_EXCLUSIVE: &str = "quorum claims are exclusive";
+    pub const LIVENESS: &str = "liveness";
+    pub const NO_AUTOMERGE_ERRORS: &str = "no Automerge errors";
+    pub const DOCUMENT_SIZE: &str = "document size within budget";
+    pub const NO_PANIC: &str = "no panic";
+}
+
+/// A document may take this many bytes per change it holds, saved (measured: 150 to 250).
+pub const DOCUMENT_BYTES_PER_CHANGE_MAX: usize = 600;
+/// Plus this much for the genesis, the meta and the members.
+pub const DOCUMENT_BYTES_BASE: usize = 16 * 1024;
+
+/// Violations kept per run; a broken run reports its first few, not thousands.
+const VIOLATIONS_KEPT: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at_us: u64,
+    pub detail: String,
+}
+
+/// What a node acknowledged to an agent: kept, so it must reach everyone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Acknowledged {
+    Task(TaskId),
+    Record(TaskId, RecordId),
+}
+
+type Finish = (TaskStatus, Option<(NodeId, Stamp)>);
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    pub violations: Vec<Violation>,
+    /// By node index.
+    acknowledged: BTreeMap<usize, BTreeSet<Acknowledged>>,
+    /// Tasks each node has seen finished: how, and by whose record (signer, stamp).
+    finished: BTreeMap<usize, BTreeMap<TaskId, Finish>>,
+    /// The quorum claim that counted first in each (task, generation), anywhere.
+    quorum_counted: BTreeMap<(TaskId, u32), (RecordId, usize)>,
+    /// The export each node showed at its current heads.
+    exports: BTreeMap<usize, (Vec<u8>, [u8; 32])>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// A digest of everything a replica derived from its document.
+fn state_digest(replica: &Replica) -> [u8; 32] {
+    let state = (replica.members(), replica.probes(), replica.tasks());
+    // Plain data of maps, vectors and strings: serializing it cannot fail.
+    digest(&postcard::to_allocvec(&state).unwrap_or_default())
+}
+
+fn heads_key(replica: &Replica) -> Vec<u8> {
+    let mut heads = replica.doc().heads();
+    heads.sort();
+    heads.iter().flat_map(|head| head.0).collect()
+}
+
+impl Checker {
+    pub fn violate(&mut self, invariant: &'static str, at_us: u64, detail: String) {
+        if self.violations.len() < VIOLATIONS_KEPT {
+            self.violations.push(Violation { invariant, at_us, detail });
+        }
+    }
+
+    pub fn acknowledge(&mut self, node: usize, what: Acknowledged) {
+        self.acknowledged.entry(node).or_default().insert(what);
+    }
+
+    /// After a restart the node knows only what its disk held: what it saw before is forgotten.
+    pub fn restarted(&mut self, node: usize) {
+        self.finished.remove(&node);
+        self.exports.remove(&node);
+    }
+
+    /// The checks after an event changed `node`'s replica.
+    pub fn step(&mut self, at_us: u64, nodes: &[SimNode], node: usize) {
+        let Some(live) = &nodes[node].live else { return };
+        let replica = &live.replica;
+        self.finished_stays_finished(at_us, node, replica);
+        self.gates_hold(at_us, node, replica);
+        self.quorum_exclusive(at_us, node, replica);
+        self.equal_heads_equal_exports(at_us, nodes, node);
+    }
+
+    /// Invariant 4. A finish may be undone only by a removal: records a node signs after its
+    /// removal never count, so a node that saw such a record before the removal reached it
+    /// saw a finish that never was.
+    fn finished_stays_finished(&mut self, at_us: u64, node: usize, replica: &Replica) {
+        let seen = self.finished.entry(node).or_default();
+        let mut broken = Vec::new();
+        for (task, (before, by)) in seen.iter() {
+            let now = replica.status_of(task);
+            let kept = match before {
+                TaskStatus::Done => now == Some(TaskStatus::Done),
+                _ => now.is_some_and(TaskStatus::is_finished),
+            };
+            let never_counted = by.is_some_and(|(signer, stamp)| !replica.members().is_member_at(&signer, stamp));
+            if !kept && !never_counted {
+                broken.push(format!("node n{node}: task {task} was {} and is now {:?}", before.as_str(), now));
+            }
+        }
+        for entry in replica.tasks().values().filter(|entry| entry.state.status.is_finished()) {
+            let state = &entry.state;
+            let by = [&state.result, &state.cancelled, &state.failure]
+                .into_iter()
+                .flatten()
+                .map(|noted| (noted.node, noted.at))
+                .next();
+            seen.insert(entry.fields.id.clone(), (state.status, by));
+        }
+        for detail in broken {
+            self.violate(invariant::FINISHED_STAYS_FINISHED, at_us, detail);
+        }
+    }
+
+    /// A holder's claim was made under a probe that meets the task's hard requirements, by a
+    /// member at the claim's stamp.
+    fn gates_hold(&mut self, at_us: u64, node: usize, replica: &Replica) {
+        let mut broken = Vec::new();
+        for entry in replica.tasks().values() {
+            let Some(holder) = &entry.state.holder else { continue };
+            let Some(claim) = entry.state.claims.get(&holder.claim) else {
+                broken.push(format!("node n{node}: the holder of {} has no claim", entry.fields.id));
+                continue;
+            };
+            if !replica.members().is_member_at(&claim.node, claim.stamp) {
+                broken.push(format!("node n{node}: {} is held by a non-member", entry.fields.id));
+            }
+            if !entry.fields.requires.is_empty() {
+                let probe = claim.claim.probe.and_then(|id| replica.probes().get(&id)).map(|entry| &entry.probe);
+                let unmet = gate::unmet(&entry.fields.requires, probe);
+                if !unmet.is_empty() {
+                    broken.push(format!(
+                        "node n{node}: {} is held by a machine that lacks {}",
+                        entry.fields.id,
+                        unmet.join("; ")
+                    ));
+                }
+            }
+            if entry.state.lost_claims.iter().any(|lost| lost.claim == holder.claim) {
+                self.violate(
+                    invariant::ONE_HOLDER,
+                    at_us,
+                    format!("node n{node}: the holder's claim of {} is also a lost claim", entry.fields.id),
+                );
+            }
+        }
+        for detail in broken {
+            self.violate(invariant::GATES_HOLD, at_us, detail);
+        }
+    }
+
+    fn quorum_exclusive(&mut self, at_us: u64, node: usize, replica: &Replica) {
+        for entry in replica.tasks().values() {
+            for (claim, tally) in entry.state.quorum.iter().filter(|(_, tally)| tally.reached()) {
+                let key = (entry.fields.id.clone(), tally.generation);
+                let (first, by) = *self.quorum_counted.entry(key).or_insert((*claim, node));
+                if first != *claim {
+                    self.violate(
+                        invariant::QUORUM_EXCLUSIVE,
+                        at_us,
+                        format!(
+                            "task {} generation {}: claim {first} counted on n{by}, claim {claim} on n{node}",
+                            entry.fields.id, tally.generation
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Invariant 1: two nodes with the same heads derive the same state. After each event the
+    /// derived state (members, probes, every task's fields and state: what the export is a
+    /// pure function of) is compared, when another running node has the same heads; the
+    /// exports' bytes themselves are compared at quiescence.
+    fn equal_heads_equal_exports(&mut self, at_us: u64, nodes: &[SimNode], node: usize) {
+        let Some(live) = &nodes[node].live else { return };
+        let heads = heads_key(&live.replica);
+        let twins: Vec<usize> = nodes
+            .iter()
+            .filter(|other| other.index != node)
+            .filter(|other| other.live.as_ref().is_some_and(|l| heads_key(&l.replica) == heads))
+            .map(|other| other.index)
+            .collect();
+        if twins.is_empty() {
+            return;
+        }
+        let export = self.export_at(nodes, node, &heads);
+        for twin in twins {
+            if self.export_at(nodes, twin, &heads) != export {
+                self.violate(
+                    invariant::CONVERGENCE,
+                    at_us,
+                    format!("n{node} and n{twin} have the same heads and different exports"),
+                );
+            }
+        }
+    }
+
+    /// The digest of a node's derived state at `heads` (its current heads), once per heads.
+    fn export_at(&mut self, nodes: &[SimNode], node: usize, heads: &[u8]) -> [u8; 32] {
+        if let Some((known, export)) = self.exports.get(&node)
+            && known == heads
+        {
+            return *export;
+        }
+        let export = nodes[node].live.as_ref().map_or([0; 32], |live| state_digest(&live.replica));
+        self.exports.insert(node, (heads.to_vec(), export));
+        export
+    }
+
+    /// The checks once the healed mesh settled: every participant has the same heads,
+    /// names the same holder everywhere, kept everything acknowledged, and told its losers.
+    pub fn quiescent(&mut self, at_us: u64, nodes: &[SimNode]) {
+        let participants: Vec<&SimNode> = nodes.iter().filter(|node| node.participates()).collect();
+        let Some(first) = participants.first().and_then(|node| node.live.as_ref()) else { return };
+        let first_heads = heads_key(&first.replica);
+        let first_export = first.replica.export_json();
+        for node in &participants {
+            let Some(live) = &node.live else {
+                self.violate(invariant::CONVERGENCE, at_us, format!("{} is down at quiescence", node.name));
+                continue;
+            };
+            if live.replica.export_json() != first_export {
+                self.violate(
+                    invariant::CONVERGENCE,
+                    at_us,
+                    format!("{} and {} export different states at quiescence", participants[0].name, node.name),
+                );
+            }
+            if heads_key(&live.replica) != first_heads {
+                self.violate(
+                    invariant::CONVERGENCE,
+                    at_us,
+                    format!("{} and {} differ at quiescence", participants[0].name, node.name),
+                );
+            }
+            for (task, entry) in live.replica.tasks() {
+                let holder = entry.state.holder.as_ref().map(|holder| holder.claim);
+                let first_holder = first.replica.task(task).and_then(|e| e.state.holder.as_ref()).map(|h| h.claim);
+                if holder != first_holder {
+                    self.violate(
+                        invariant::ONE_HOLDER,
+                        at_us,
+                        format!(
+                            "{task}: {} names {holder:?}, {} names {first_holder:?}",
+                            node.name, participants[0].name
+                        ),
+                    );
+                }
+            }
+            self.losers_told(at_us, node, &live.replica);
+        }
+        self.nothing_lost(at_us, nodes, &participants);
+    }
+
+    /// Every record acknowledged by a participant is on every participant.
+    fn nothing_lost(&mut self, at_us: u64, nodes: &[SimNode], participants: &[&SimNode]) {
+        let mut wanted: BTreeMap<TaskId, BTreeSet<Option<RecordId>>> = BTreeMap::new();
+        for (node, acknowledged) in &self.acknowledged {
+            if !nodes[*node].participates() {
+                continue;
+            }
+            for what in acknowledged {
+                match what {
+                    Acknowledged::Task(task) => wanted.entry(task.clone()).or_default().insert(None),
+                    Acknowledged::Record(task, record) => wanted.entry(task.clone()).or_default().insert(Some(*record)),
+                };
+            }
+        }
+        let mut missing = Vec::new();
+        for node in participants {
+            let Some(live) = &node.live else { continue };
+            for (task, records) in &wanted {
+                if live.replica.task(task).is_none() {
+                    missing.push(format!("{}: task {task} is missing", node.name));
+                    continue;
+                }
+                let doc = live.replica.doc();
+                let present = |record: &RecordId| doc.has_task_record(task, *record);
+                for record in records.iter().flatten().filter(|record| !present(record)) {
+                    missing.push(format!("{}: record {record} of {task} is missing", node.name));
+                }
+            }
+        }
+        for detail in missing {
+            self.violate(invariant::NOTHING_LOST, at_us, detail);
+        }
+    }
+
+    /// Each lost claim of this node's agents has exactly one notice, and no holder was told
+    /// it lost. (A notice can be contradicted by records that arrive later, when a quorum
+    /// claim's votes come after the task was cancelled, say; that is harmless unless the
+    /// claim now holds the task: then its agent stopped work it holds.)
+    fn losers_told(&mut self, at_us: u64, node: &SimNode, replica: &Replica) {
+        let holders: BTreeSet<String> = replica
+            .tasks()
+            .values()
+            .filter_map(|entry| entry.state.holder.as_ref())
+            .map(|holder| lost_notice_id(&holder.claim))
+            .collect();
+        let mut lost: BTreeMap<String, TaskId> = BTreeMap::new();
+        for entry in replica.tasks().values() {
+            for claim in entry.state.lost_claims.iter().filter(|lost| lost.node == node.id && lost.agent.is_some()) {
+                lost.insert(lost_notice_id(&claim.claim), entry.fields.id.clone());
+            }
+        }
+        for agent in &node.agents {
+            let inbox = replica.inbox(&AgentId { agent: agent.clone(), node: node.id });
+            let mut told: BTreeMap<&str, usize> = BTreeMap::new();
+            for entry in inbox.iter().filter(|entry| entry.id.starts_with("lost-")) {
+                *told.entry(entry.id.as_str()).or_default() += 1;
+            }
+            for (id, count) in &told {
+                if *count > 1 {
+                    self.violate(invariant::LOSERS_TOLD, at_us, format!("{agent}@{}: {count} notices {id}", node.name));
+                }
+                if holders.contains(*id) {
+                    self.violate(
+                        invariant::LOSERS_TOLD,
+                        at_us,
+                        format!("{agent}@{}: notice {id} for the claim that holds its task", node.name),
+                    );
+                }
+            }
+        }
+        let agents_told: BTreeSet<String> = node
+            .agents
+            .iter()
+            .flat_map(|agent| replica.inbox(&AgentId { agent: agent.clone(), node: node.id }))
+            .map(|entry| entry.id)
+            .collect();
+        for (id, task) in &lost {
+            if !agents_told.contains(id) {
+                self.violate(
+                    invariant::LOSERS_TOLD,
+                    at_us,
+                    format!("{}: lost claim {id} on {task} was never told", node.name),
+                );
+            }
+        }
+    }
+
+    /// Every task is finished, or cannot be: it waits on a task that failed or was
+    /// cancelled, or no participant's machine meets its requirements.
+    pub fn liveness(&mut self, at_us: u64, nodes: &[SimNode]) {
+        let Some(live) = nodes.iter().filter(|node| node.participates()).find_map(|node| node.live.as_ref()) else {
+            return;
+        };
+        let replica = &live.replica;
+        let runnable = |entry: &meshwork_crdt::TaskEntry| {
+            nodes.iter().filter(|node| node.participates()).any(|node| {
+                let probe = replica.probes().latest(&node.id).map(|(_, entry)| &entry.probe);
+                gate::unmet(&entry.fields.requires, probe).is_empty()
+            })
+        };
+        let mut stuck = Vec::new();
+        for entry in replica.tasks().values().filter(|entry| !entry.state.status.is_finished()) {
+            if !runnable(entry) || dead_end(replica, &entry.fields.id, &mut BTreeSet::new()) {
+                continue;
+            }
+            stuck.push(format!(
+                "{} is {} (holder {:?})",
+                entry.fields.id,
+                entry.state.status.as_str(),
+                entry.state.holder
+            ));
+        }
+        for detail in stuck {
+            self.violate(invariant::LIVENESS, at_us, detail);
+        }
+    }
+}
+
+/// Whether a task waits, directly or not, on one that failed, was cancelled, or cannot run.
+fn dead_end(replica: &Replica, task: &TaskId, seen: &mut BTreeSet<TaskId>) -> bool {
+    if !seen.insert(task.clone()) {
+        return false;
+    }
+    let Some(entry) = replica.task(task) else { return true };
+    entry.fields.depends_on.iter().any(|dependency| {
+        matches!(replica.status_of(dependency), Some(TaskStatus::Failed | TaskStatus::Cancelled) | None)
+            || dead_end(replica, dependency, seen)
+    })
+}
