@@ -561,13 +561,11 @@ impl Network {
                     facts.peers.entry(node).or_default().addrs = addrs.iter().map(ToString::to_string).collect();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
-                peer,
-                connection,
-                result: Err(error @ ping::Failure::Timeout),
-            })) => {
-                // A connection that stopped answering pings (its peer died without closing
-                // it) goes, so the link on it is opened again on a live one.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }))
+                if ping_failure_means_dead(&error) =>
+            {
+                // A connection that stopped answering pings (its peer died, or the path to it
+                // went, without closing it) goes, so the link on it is opened again on a live one.
                 debug!(%peer, %error, "ping failed; closing the connection");
                 self.swarm.close_connection(connection);
             }
@@ -821,6 +819,17 @@ impl Network {
     }
 }
 
+/// Whether a failed ping shows the connection is dead. libp2p-ping swallows the first failure
+/// of a connection; over TCP + yamux a cut path then fails every later ping with `Other` ("ping
+/// protocol negotiation timed out"), never `Timeout` again, so both count. `Unsupported` only
+/// says the peer does not speak ping: its connection is alive.
+fn ping_failure_means_dead(failure: &ping::Failure) -> bool {
+    match failure {
+        ping::Failure::Timeout | ping::Failure::Other { .. } => true,
+        ping::Failure::Unsupported => false,
+    }
+}
+
 /// Addresses worth remembering for a peer: not relayed, not unspecified.
 fn is_dialable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|protocol| {
@@ -847,6 +856,17 @@ mod tests {
         assert_eq!(facts.settle_ms(), SETTLE_MS_MAX);
         facts.peers.get_mut(&node).unwrap().connected = false;
         assert_eq!(facts.settle_ms(), 0, "no connected peer: no wait");
+    }
+
+    /// Regression: a TCP connection across a partition was never closed (only `Timeout` closed
+    /// one, and yamux reports the cut as `Other` after the first, silent timeout), so the
+    /// partition went unnoticed until the kernel gave up on the socket after many minutes.
+    #[test]
+    fn a_ping_whose_stream_cannot_even_be_negotiated_closes_the_connection() {
+        let negotiation = std::io::Error::new(std::io::ErrorKind::TimedOut, "ping protocol negotiation timed out");
+        assert!(ping_failure_means_dead(&ping::Failure::Other { error: Box::new(negotiation) }));
+        assert!(ping_failure_means_dead(&ping::Failure::Timeout));
+        assert!(!ping_failure_means_dead(&ping::Failure::Unsupported), "a peer without ping is alive");
     }
 
     #[test]
