@@ -16,6 +16,7 @@ use meshwork_protocol::wire::{
 };
 use meshwork_protocol::{ErrorCode, NodeId};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::daemon::QueueHandle;
@@ -96,8 +97,23 @@ pub(crate) enum LinkError {
 /// Runs the sync link with one peer until either side ends it. The queue actor learns of
 /// the link, gets each frame, and hands frames to send through the channel it is given;
 /// dropping that channel closes the link.
+#[cfg_attr(not(test), expect(dead_code, reason = "the network stops its links; tests run them to the end"))]
 pub(crate) async fn run_sync_link<S>(peer: NodeId, link: u64, stream: S, queue: QueueHandle)
 where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    run_sync_link_until(peer, link, stream, queue, CancellationToken::new()).await;
+}
+
+/// [`run_sync_link`] that also ends when `stop` is cancelled, telling the queue actor the
+/// link closed.
+pub(crate) async fn run_sync_link_until<S>(
+    peer: NodeId,
+    link: u64,
+    stream: S,
+    queue: QueueHandle,
+    stop: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (reader, mut writer) = stream.split();
@@ -137,6 +153,7 @@ where
     tokio::select! {
         result = write => if let Err(error) = result { debug!(%peer, %error, "sync stream write failed") },
         () = read => {}
+        () = stop.cancelled() => debug!(%peer, "sync link stopped"),
     }
     queue.sync_closed(peer, link).await;
 }

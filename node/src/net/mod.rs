@@ -189,6 +189,16 @@ enum LinkEvent {
     },
 }
 
+/// The network task's hold on one sync link.
+#[derive(Debug)]
+struct LinkHandle {
+    id: u64,
+    /// Ends the link from outside. A link on a connection that was closed gracefully would
+    /// otherwise wait forever: yamux never wakes the streams of a connection it closes
+    /// (rust-yamux#216), so reads and writes on them neither finish nor fail.
+    stop: CancellationToken,
+}
+
 /// A member or `--peer` address to redial with backoff.
 #[derive(Debug)]
 struct Redial {
@@ -235,8 +245,8 @@ pub(crate) struct Network {
     redial: HashMap<PeerId, Redial>,
     /// mDNS sightings: addresses of peers on the LAN.
     lan: HashMap<PeerId, Vec<Multiaddr>>,
-    /// The sync link per peer (its id), opening or open.
-    links: HashMap<PeerId, u64>,
+    /// The sync link per peer, opening or open.
+    links: HashMap<PeerId, LinkHandle>,
     next_link: u64,
     /// Strangers admitted under an open invite, and since when.
     probation: HashMap<PeerId, Instant>,
@@ -530,7 +540,11 @@ impl Network {
                     self.run_join();
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established, .. } => {
+                self.stop_link_of_closed_connection(peer_id, endpoint.get_remote_address(), num_established);
+                if num_established > 0 {
+                    return;
+                }
                 if let Ok(node) = NodeId::from_peer_id(&peer_id) {
                     let mut facts = self.net.facts();
                     let entry = facts.peers.entry(node).or_default();
@@ -633,13 +647,13 @@ impl Network {
         if node <= self.local && !waited {
             return;
         }
-        let link = self.new_link(peer);
+        let (link, stop) = self.new_link(peer);
         let mut control = self.control.clone();
         let (queue, events) = (self.queue.clone(), self.link_events.clone());
         tokio::spawn(async move {
             match control.open_stream(peer, SYNC_PROTOCOL).await {
                 Ok(stream) => {
-                    link::run_sync_link(node, link, stream, queue).await;
+                    link::run_sync_link_until(node, link, stream, queue, stop).await;
                     let _ = events.send(LinkEvent::Ended { peer, link });
                 }
                 Err(error) => {
@@ -650,10 +664,28 @@ impl Network {
         });
     }
 
-    fn new_link(&mut self, peer: PeerId) -> u64 {
+    /// Registers a new link to `peer`; one it replaces is stopped.
+    fn new_link(&mut self, peer: PeerId) -> (u64, CancellationToken) {
         self.next_link += 1;
-        self.links.insert(peer, self.next_link);
-        self.next_link
+        let stop = CancellationToken::new();
+        if let Some(replaced) = self.links.insert(peer, LinkHandle { id: self.next_link, stop: stop.clone() }) {
+            replaced.stop.cancel();
+        }
+        (self.next_link, stop)
+    }
+
+    /// Stops the link to `peer` when the connection that closed may have carried it: the
+    /// peer's last connection, or any yamux (TCP) one, whose streams would never wake
+    /// (see [`LinkHandle::stop`]). A QUIC connection ends its streams itself. The next tick
+    /// opens a new link on a live connection, if one is left.
+    fn stop_link_of_closed_connection(&mut self, peer: PeerId, remote: &Multiaddr, connections_left: u32) {
+        let yamux = remote.iter().any(|protocol| matches!(protocol, Protocol::Tcp(_)));
+        if (connections_left == 0 || yamux)
+            && let Some(link) = self.links.remove(&peer)
+        {
+            debug!(%peer, link = link.id, "a connection closed: ending the sync link that may run on it");
+            link.stop.cancel();
+        }
     }
 
     fn accept_sync(&mut self, peer: PeerId, stream: libp2p::Stream) {
@@ -665,10 +697,10 @@ impl Network {
                 return;
             }
         };
-        let link = self.new_link(peer);
+        let (link, stop) = self.new_link(peer);
         let (queue, events) = (self.queue.clone(), self.link_events.clone());
         tokio::spawn(async move {
-            link::run_sync_link(node, link, stream, queue).await;
+            link::run_sync_link_until(node, link, stream, queue, stop).await;
             let _ = events.send(LinkEvent::Ended { peer, link });
         });
     }
@@ -676,7 +708,7 @@ impl Network {
     fn on_link_event(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Ended { peer, link } | LinkEvent::OpenFailed { peer, link } => {
-                if self.links.get(&peer) == Some(&link) {
+                if self.links.get(&peer).is_some_and(|open| open.id == link) {
                     self.links.remove(&peer);
                 }
             }
