@@ -3,6 +3,9 @@
 //! The test files in `tests/tests/` are targets of the `meshwork` package (see
 //! node/Cargo.toml), so they pass the real binary's path, `env!("CARGO_BIN_EXE_meshwork")`.
 
+pub mod netns;
+
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -35,6 +38,10 @@ impl Run {
     }
 }
 
+/// Set to a directory to keep every test node's log there, one `<home name>.log` per node, at
+/// the level of `MESHWORK_LOG` (default `warn`): for reading what the nodes of a failing test did.
+pub const NODE_LOG_DIR_VAR: &str = "MESHWORK_TEST_NODE_LOGS";
+
 /// A node in a temporary home, driven through the real binary.
 #[derive(Debug)]
 pub struct TestNode {
@@ -43,6 +50,8 @@ pub struct TestNode {
     child: Option<Child>,
     /// The flags of `node start` besides the home: `--offline` unless the node is online.
     start_flags: Vec<String>,
+    /// Command words that `node start` runs under (a network namespace, a skewed clock).
+    launch_prefix: Vec<OsString>,
 }
 
 /// `node start` flags of an online test node: loopback only, no mDNS, OS-chosen ports.
@@ -66,6 +75,7 @@ impl TestNode {
             home: tempfile::tempdir().expect("a temporary home"),
             child: None,
             start_flags: vec!["--offline".to_owned()],
+            launch_prefix: Vec::new(),
         }
     }
 
@@ -84,6 +94,14 @@ impl TestNode {
         self.start_flags = flags.iter().map(|flag| (*flag).to_owned()).collect();
     }
 
+    /// The command words that the next launches run `node start` under, the first being the
+    /// program: `ip netns exec NAME` runs the node in a network namespace (see [`netns::Lab`]),
+    /// `env VAR=VALUE ...` with a changed environment. Each must exec the next, so the process
+    /// the harness holds (and kills) is the node itself. The CLI runs without it.
+    pub fn set_launch_prefix(&mut self, prefix: Vec<OsString>) {
+        self.launch_prefix = prefix;
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> String {
         self.ok(&["node", "status"])["node_id"].as_str().unwrap_or_default().to_owned()
@@ -93,19 +111,28 @@ impl TestNode {
         self.home.path()
     }
 
-    /// Starts `meshwork node start` (offline unless [`TestNode::online`]) and waits until
-    /// `node status` answers.
+    /// Starts `meshwork node start` (offline unless [`TestNode::online`]) under the launch
+    /// prefix and waits until `node status` answers. The node's log goes nowhere unless
+    /// [`NODE_LOG_DIR_VAR`] names a directory.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "the node is running already");
-        let child = Command::new(&self.bin)
+        let mut command = match self.launch_prefix.split_first() {
+            Some((program, words)) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .args(["node", "start"])
             .args(&self.start_flags)
             .arg("--home")
             .arg(self.home.path())
-            .env("MESHWORK_LOG", "warn")
+            .env("MESHWORK_LOG", std::env::var("MESHWORK_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_destination())
             .spawn()
             .expect("spawn meshwork node start");
         self.child = Some(child);
@@ -122,6 +149,17 @@ impl TestNode {
             assert!(started.elapsed() < NODE_START_TIMEOUT, "the node did not start within {NODE_START_TIMEOUT:?}");
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Where the node's stderr (its log) goes: `<home name>.log` (appended) in the directory
+    /// [`NODE_LOG_DIR_VAR`] names, else nowhere.
+    fn log_destination(&self) -> Stdio {
+        let Some(directory) = std::env::var_os(NODE_LOG_DIR_VAR) else { return Stdio::null() };
+        let home = self.home.path().file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = home.trim_start_matches('.');
+        let path = Path::new(&directory).join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        file.map(Stdio::from).unwrap_or_else(|error| panic!("cannot open the node log {}: {error}", path.display()))
     }
 
     /// Runs the CLI against this home as agent `agent-a`.
