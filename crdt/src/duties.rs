@@ -4,6 +4,7 @@
 
 use meshwork_protocol::{NodeKey, TaskId};
 
+use crate::document::Touched;
 use crate::inbox::Notice;
 use crate::ops::AckDue;
 use crate::replica::Replica;
@@ -19,6 +20,17 @@ pub struct Duties {
 }
 
 impl Replica {
+    /// [`Replica::fulfil_duties`] for what a change touched: a change of members or probes
+    /// resolves every task again (a removal can make claims lose anywhere), so every task.
+    pub fn fulfil_duties_after(&mut self, key: &NodeKey, touched: &Touched, now_ms: u64) -> Duties {
+        let tasks: Vec<TaskId> = if touched.members || touched.probes || touched.meta {
+            self.tasks().keys().cloned().collect()
+        } else {
+            touched.tasks.iter().cloned().collect()
+        };
+        self.fulfil_duties(key, &tasks, now_ms)
+    }
+
     /// Signs this node's votes and writes its lost-claim notices for these tasks, one change
     /// each. Both are derived from the records, so a duty done once is never due again.
     pub fn fulfil_duties(&mut self, key: &NodeKey, tasks: &[TaskId], now_ms: u64) -> Duties {

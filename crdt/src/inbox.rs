@@ -69,6 +69,12 @@ pub fn lost_notice_id(claim: &RecordId) -> String {
     format!("lost-{claim}")
 }
 
+/// The id of the notice that a claim its agent was told had lost holds the task after all
+/// (the claim it lost to stopped counting: its signer's removal arrived, say).
+pub fn reinstated_notice_id(claim: &RecordId) -> String {
+    format!("won-{claim}")
+}
+
 impl Replica {
     /// The messages of one agent, oldest first, then by id.
     pub fn inbox(&self, to: &AgentId) -> Vec<InboxEntry> {
@@ -126,6 +132,27 @@ impl Replica {
                     from: NODE_SENDER.to_owned(),
                     subject,
                     body,
+                    priority: "urgent".to_owned(),
+                    at_ms: now_ms,
+                    task: Some(id.to_string()),
+                };
+                due.push(Notice { to, id: notice_id, message });
+            }
+            // A holder that was told it lost is told, once, that it holds the task after all.
+            let Some(holder) = entry.state.holder.as_ref().filter(|holder| holder.node == node) else { continue };
+            let Some(agent) = &holder.agent else { continue };
+            let to = AgentId { agent: agent.clone(), node };
+            let told_lost = self.has_key(&message_key(&to, &lost_notice_id(&holder.claim)));
+            let notice_id = reinstated_notice_id(&holder.claim);
+            if told_lost && !self.has_key(&message_key(&to, &notice_id)) {
+                let message = Message {
+                    from: NODE_SENDER.to_owned(),
+                    subject: format!("claim on {id} counts after all"),
+                    body: format!(
+                        "Your claim of {id} holds the task after all: the claim it lost to no longer counts. \
+                         You hold {id} until {}; resume the work or release it.",
+                        meshwork_protocol::time::format_rfc3339_ms(holder.lease_until_ms)
+                    ),
                     priority: "urgent".to_owned(),
                     at_ms: now_ms,
                     task: Some(id.to_string()),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_crdt::Replica;
 use meshwork_crdt::gate;
-use meshwork_crdt::inbox::lost_notice_id;
+use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id};
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::{AgentId, NodeId, RecordId, Stamp, TaskId};
 use sha2::{Digest, Sha256};
@@ -315,16 +315,17 @@ impl Checker {
         }
     }
 
-    /// Each lost claim of this node's agents has exactly one notice, and no holder was told
-    /// it lost. (A notice can be contradicted by records that arrive later, when a quorum
-    /// claim's votes come after the task was cancelled, say; that is harmless unless the
-    /// claim now holds the task: then its agent stopped work it holds.)
+    /// Each lost claim of this node's agents has exactly one notice, and a holder that was
+    /// told it lost was told again that it holds the task. (Records that arrive later can
+    /// contradict a notice: a removal stops the winning claim from counting, or a quorum
+    /// claim's votes arrive after the task was cancelled.)
     fn losers_told(&mut self, at_us: u64, node: &SimNode, replica: &Replica) {
-        let holders: BTreeSet<String> = replica
+        // The lost-notice id of each holder's claim, and the notice that corrects it.
+        let holders: BTreeMap<String, String> = replica
             .tasks()
             .values()
             .filter_map(|entry| entry.state.holder.as_ref())
-            .map(|holder| lost_notice_id(&holder.claim))
+            .map(|holder| (lost_notice_id(&holder.claim), reinstated_notice_id(&holder.claim)))
             .collect();
         let mut lost: BTreeMap<String, TaskId> = BTreeMap::new();
         for entry in replica.tasks().values() {
@@ -342,11 +343,13 @@ impl Checker {
                 if *count > 1 {
                     self.violate(invariant::LOSERS_TOLD, at_us, format!("{agent}@{}: {count} notices {id}", node.name));
                 }
-                if holders.contains(*id) {
+                if let Some(reinstated) = holders.get(*id)
+                    && !inbox.iter().any(|entry| entry.id == *reinstated)
+                {
                     self.violate(
                         invariant::LOSERS_TOLD,
                         at_us,
-                        format!("{agent}@{}: notice {id} for the claim that holds its task", node.name),
+                        format!("{agent}@{}: told {id} lost, holds its task, and was never told so", node.name),
                     );
                 }
             }
@@ -383,14 +386,23 @@ impl Checker {
         };
         let mut stuck = Vec::new();
         for entry in replica.tasks().values().filter(|entry| !entry.state.status.is_finished()) {
-            if !runnable(entry) || dead_end(replica, &entry.fields.id, &mut BTreeSet::new()) {
+            if dead_end(replica, &entry.fields.id, &runnable, &mut BTreeSet::new()) {
                 continue;
             }
+            let waits_on: Vec<String> = entry
+                .fields
+                .depends_on
+                .iter()
+                .map(|dependency| format!("{dependency}: {:?}", replica.status_of(dependency)))
+                .collect();
+            let holder = entry.state.holder.as_ref().map(|holder| (holder.node, holder.lease_until_ms));
             stuck.push(format!(
-                "{} is {} (holder {:?})",
+                "{} is {}: holder {holder:?}, waits on {waits_on:?}, requires {:?}, approval needed {} given {}",
                 entry.fields.id,
                 entry.state.status.as_str(),
-                entry.state.holder
+                entry.fields.requires,
+                entry.fields.needs_approval,
+                entry.state.approved
             ));
         }
         for detail in stuck {
@@ -399,14 +411,23 @@ impl Checker {
     }
 }
 
-/// Whether a task waits, directly or not, on one that failed, was cancelled, or cannot run.
-fn dead_end(replica: &Replica, task: &TaskId, seen: &mut BTreeSet<TaskId>) -> bool {
+/// Whether a task can never be finished: no machine can run it, or it waits, directly or
+/// not, on a task that failed, was cancelled, is unknown, or can never be finished.
+fn dead_end(
+    replica: &Replica,
+    task: &TaskId,
+    runnable: &dyn Fn(&meshwork_crdt::TaskEntry) -> bool,
+    seen: &mut BTreeSet<TaskId>,
+) -> bool {
     if !seen.insert(task.clone()) {
         return false;
     }
     let Some(entry) = replica.task(task) else { return true };
-    entry.fields.depends_on.iter().any(|dependency| {
-        matches!(replica.status_of(dependency), Some(TaskStatus::Failed | TaskStatus::Cancelled) | None)
-            || dead_end(replica, dependency, seen)
-    })
+    if matches!(entry.state.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+        return true;
+    }
+    if entry.state.status == TaskStatus::Done {
+        return false;
+    }
+    !runnable(entry) || entry.fields.depends_on.iter().any(|dependency| dead_end(replica, dependency, runnable, seen))
 }

@@ -30,8 +30,9 @@ use crate::workload::{self, Op};
 /// After the heal, the mesh must reach equal heads within this (the redial backoff is at
 /// most 30 s, and a crashed node's peers notice within 10 s).
 pub const SETTLE_BOUND_US: u64 = 60 * SECOND_US;
-/// Time the agents get to finish everything once the mesh is healed.
-pub const FINISH_US: u64 = 240 * SECOND_US;
+/// Time the agents get to finish everything once the mesh is healed: enough for a lease
+/// signed by a node an hour fast to run out by the others' clocks.
+pub const FINISH_US: u64 = 2 * 3600 * SECOND_US;
 /// A run that handles more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 2_000_000;
 
@@ -429,6 +430,7 @@ impl Sim {
         match live.replica.publish_probe(&sim_node.key, probe, wall) {
             Ok(Some(changes)) => {
                 sim_node.disk.write_durable(changes);
+                self.fulfil_duties(node, &Touched { probes: true, ..Touched::default() });
                 self.inputs.push_back((node, SyncInput::LocalChange));
                 self.dirty.insert(node);
             }
@@ -582,9 +584,10 @@ impl Sim {
             Ok(changes) => {
                 remover.disk.write_durable(changes);
                 self.nodes[node].removed = true;
+                self.note(format!("n{by} removed n{node}"));
+                self.fulfil_duties(by, &Touched { members: true, ..Touched::default() });
                 self.inputs.push_back((by, SyncInput::LocalChange));
                 self.dirty.insert(by);
-                self.note(format!("n{by} removed n{node}"));
             }
             Err(error) => self.note(format!("n{by} cannot remove n{node}: {}", error.to_error_body().message)),
         }
@@ -756,8 +759,7 @@ impl Sim {
             }
             SyncOutput::Changed(touched) => {
                 self.dirty.insert(node);
-                let tasks: Vec<TaskId> = touched.tasks.into_iter().collect();
-                self.fulfil_duties(node, &tasks);
+                self.fulfil_duties(node, &touched);
             }
         }
     }
@@ -768,11 +770,11 @@ impl Sim {
 
     /// What the node does after a merge or a local operation (`Replica::fulfil_duties`, as
     /// the node binary does).
-    fn fulfil_duties(&mut self, node: usize, tasks: &[TaskId]) {
+    fn fulfil_duties(&mut self, node: usize, touched: &Touched) {
         let wall = self.nodes[node].wall_ms(self.now_us);
         let sim_node = &mut self.nodes[node];
         let Some(live) = &mut sim_node.live else { return };
-        let duties = live.replica.fulfil_duties(&sim_node.key, tasks, wall);
+        let duties = live.replica.fulfil_duties_after(&sim_node.key, touched, wall);
         let wrote = !duties.changes.is_empty();
         for changes in duties.changes {
             sim_node.disk.write_durable(changes);
@@ -780,13 +782,11 @@ impl Sim {
         for error in duties.errors {
             self.check.violate(invariant::NO_AUTOMERGE_ERRORS, self.now_us, format!("n{node}: {error}"));
         }
-        if self.trace.is_verbose() {
-            for notice in &duties.notices {
-                self.trace.line(self.now_us, &format!("n{node} tells {}: {}", notice.to, notice.message.subject));
-            }
-            if !duties.acks.is_empty() {
-                self.trace.line(self.now_us, &format!("n{node} votes for {} quorum claims", duties.acks.len()));
-            }
+        for notice in &duties.notices {
+            self.trace.line(self.now_us, &format!("n{node} tells {}: {}", notice.to, notice.message.subject));
+        }
+        if !duties.acks.is_empty() {
+            self.trace.line(self.now_us, &format!("n{node} votes for {} quorum claims", duties.acks.len()));
         }
         if wrote {
             self.inputs.push_back((node, SyncInput::LocalChange));
@@ -801,27 +801,29 @@ impl Sim {
             Phase::Finish => true,
             Phase::Settle => return,
         };
-        let gap = if finishing { self.rng.random_range(50_000..500_000) } else { self.op_gap() };
-        self.schedule(gap, Event::Work { node });
-        if !self.nodes[node].joined {
-            return;
-        }
         let agent_index = self.rng.random_range(0..self.nodes[node].agents.len());
         let agent = self.nodes[node].agents[agent_index].clone();
         let wall = self.nodes[node].wall_ms(self.now_us);
-        let Some(live) = &self.nodes[node].live else { return };
-        let op = if finishing {
-            if self.nodes[node].removed {
-                return;
+        let op = match &self.nodes[node].live {
+            Some(live) if self.nodes[node].joined && !(finishing && self.nodes[node].removed) => {
+                if finishing {
+                    workload::finishing(&mut self.rng, &live.replica, &agent, wall)
+                } else {
+                    Some(workload::busy(&mut self.rng, &live.replica, &agent, wall, self.scenario.quorum_percent))
+                }
             }
-            match workload::finishing(&mut self.rng, &live.replica, &agent, wall) {
-                Some(op) => op,
-                None => return,
-            }
-        } else {
-            workload::busy(&mut self.rng, &live.replica, &agent, wall, self.scenario.quorum_percent)
+            _ => None,
         };
-        self.operate(node, agent_index, op);
+        // An agent with nothing to do looks again in a few seconds (leases run out slowly).
+        let gap = match (&op, finishing) {
+            (None, _) => self.rng.random_range(2 * SECOND_US..5 * SECOND_US),
+            (Some(_), true) => self.rng.random_range(50_000..500_000),
+            (Some(_), false) => self.op_gap(),
+        };
+        self.schedule(gap, Event::Work { node });
+        if let Some(op) = op {
+            self.operate(node, agent_index, op);
+        }
     }
 
     fn operate(&mut self, node: usize, agent_index: usize, op: Op) {
@@ -913,7 +915,7 @@ impl Sim {
                 }
                 self.note(summary);
                 if let Some(task) = task.filter(|_| wrote) {
-                    self.fulfil_duties(node, &[task]);
+                    self.fulfil_duties(node, &Touched { tasks: [task].into_iter().collect(), ..Touched::default() });
                 }
                 if wrote {
                     self.inputs.push_back((node, SyncInput::LocalChange));

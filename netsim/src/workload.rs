@@ -75,12 +75,13 @@ pub fn held_by(replica: &Replica, agent: &AgentName) -> Vec<TaskId> {
         .collect()
 }
 
-/// Claimed tasks whose lease ended by this node's clock.
+/// Claimed tasks whose lease ended by this node's clock, that this machine may run.
 pub fn expired(replica: &Replica, wall_ms: u64) -> Vec<TaskId> {
     replica
         .tasks()
         .values()
         .filter(|entry| entry.state.holder.as_ref().is_some_and(|holder| holder.lease_until_ms < wall_ms))
+        .filter(|entry| replica.unmet_here(entry).is_empty())
         .map(|entry| entry.fields.id.clone())
         .collect()
 }

@@ -23,7 +23,7 @@ use meshwork_protocol::record::{Membership, MembershipAction};
 use meshwork_protocol::storage::Frame;
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::wire::{JoinRefusal, JoinRequest};
-use meshwork_protocol::{AgentId, AgentName, ErrorCode, NodeId, TaskId};
+use meshwork_protocol::{AgentId, AgentName, ErrorCode, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -386,15 +386,14 @@ impl QueueActor {
         if touched.members {
             self.send_allowlist();
         }
-        let tasks: Vec<TaskId> = touched.tasks.iter().cloned().collect();
-        self.fulfil_duties(&tasks).await;
+        self.fulfil_duties(touched).await;
     }
 
-    /// Signs this node's votes on pending quorum claims of these tasks and writes the
+    /// Signs this node's votes on pending quorum claims of the touched tasks and writes the
     /// lost-claim notices owed to its agents ([`meshwork_crdt::duties`]), each exactly once.
-    pub(super) async fn fulfil_duties(&mut self, tasks: &[TaskId]) {
+    pub(super) async fn fulfil_duties(&mut self, touched: &Touched) {
         let key = Arc::clone(&self.key);
-        let duties = self.replica.fulfil_duties(&key, tasks, now_ms());
+        let duties = self.replica.fulfil_duties_after(&key, touched, now_ms());
         for error in &duties.errors {
             warn!(%error, "a duty after the merge was not written");
         }
@@ -688,6 +687,8 @@ impl QueueActor {
                 return Err(ErrorBody::new(ErrorCode::Internal, "could not store the membership record").retryable());
             }
             info!(%node, "removed a member");
+            // Its records signed after the removal stop counting: claims may lose anywhere.
+            self.fulfil_duties(&Touched { members: true, ..Touched::default() }).await;
             self.send_allowlist();
             self.close_link(node, "removed from the mesh");
         }

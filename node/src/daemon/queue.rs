@@ -420,7 +420,8 @@ impl QueueActor {
             format!("the claim of {task} lost a race during its settle time; it went to {winner}"),
         ));
         let task = task.clone();
-        self.fulfil_duties(std::slice::from_ref(&task)).await;
+        let touched = meshwork_crdt::Touched { tasks: [task.clone()].into_iter().collect(), ..Default::default() };
+        self.fulfil_duties(&touched).await;
         self.answer_settled(settled, lost).await;
     }
 
