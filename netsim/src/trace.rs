@@ -17,10 +17,6 @@ impl Trace {
         Trace { hasher: Sha256::new(), lines: keep_lines.then(Vec::new), events: 0 }
     }
 
-    pub fn is_verbose(&self) -> bool {
-        self.lines.is_some()
-    }
-
     /// Records one line at simulated time `at_us`.
     pub fn line(&mut self, at_us: u64, text: &str) {
         self.events += 1;
