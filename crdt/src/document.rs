@@ -21,8 +21,9 @@
 use std::collections::BTreeSet;
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::sync::{self, SyncDoc};
 use automerge::{
-    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc,
+    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, PatchLog, Prop, ROOT, ReadDoc,
 };
 use meshwork_protocol::{NodeId, RecordId, SignedRecord, TaskId};
 use sha2::{Digest, Sha256};
@@ -197,19 +198,23 @@ impl QueueDoc {
 
     /// Applies bytes of changes (a chunk from storage or a peer). Returns what they touched.
     pub fn apply(&mut self, bytes: &[u8]) -> Result<Touched, DocError> {
-        let before = self.doc.get_heads();
-        self.doc.load_incremental(bytes)?;
-        Ok(self.touched_since(&before))
+        let mut log = PatchLog::active();
+        self.doc.load_incremental_log_patches(bytes, &mut log)?;
+        Ok(self.touched_by(&mut log))
     }
 
-    /// What changed between `before` and the current heads.
-    pub fn touched_since(&self, before: &[ChangeHash]) -> Touched {
-        let after = self.doc.get_heads();
+    /// Receives a peer's sync message into `state`. Returns what its changes touched.
+    pub fn receive_sync_message(&mut self, state: &mut sync::State, message: sync::Message) -> Result<Touched, DocError> {
+        let mut log = PatchLog::active();
+        self.doc.receive_sync_message_log_patches(state, message, &mut log)?;
+        Ok(self.touched_by(&mut log))
+    }
+
+    /// What the operations recorded in `log` touched. The log holds only what was applied, so
+    /// this costs the size of the change, where a diff between heads walks the whole document.
+    fn touched_by(&self, log: &mut PatchLog) -> Touched {
         let mut touched = Touched::default();
-        if before == after.as_slice() {
-            return touched;
-        }
-        for patch in self.doc.diff(before, &after) {
+        for patch in self.doc.make_patches(log) {
             touched.note(&patch, &self.maps);
         }
         touched
@@ -418,6 +423,86 @@ mod tests {
         assert!(doc.check_schema().is_ok());
         doc.change(0, "future", |tx, maps| tx.put(&maps.meta, "schema", SCHEMA_VERSION + 1).map(|_| ())).unwrap();
         assert!(matches!(doc.check_schema(), Err(DocError::NewerSchema { found, .. }) if found == SCHEMA_VERSION + 1));
+    }
+
+    /// What a diff between heads says changed: the slow way, the oracle for the patch log.
+    fn touched_between(doc: &QueueDoc, before: &[ChangeHash]) -> Touched {
+        let mut touched = Touched::default();
+        for patch in doc.doc.diff(before, &doc.heads()) {
+            touched.note(&patch, &doc.maps);
+        }
+        touched
+    }
+
+    /// Two replicas that both wrote, concurrently, to every map a `Touched` names, and to one
+    /// task key (the second writer's value loses and shows only as a conflict).
+    fn concurrent_writers() -> (QueueDoc, QueueDoc) {
+        let node = NodeId::from_public_key_bytes([7; 32]);
+        let mut left = QueueDoc::genesis();
+        let mut right = QueueDoc::genesis();
+        left.doc.set_actor(actor_for(&node, 1));
+        right.doc.set_actor(actor_for(&node, 2));
+        for (doc, side) in [(&mut left, "left"), (&mut right, "right")] {
+            doc.change(1_000, "task", |tx, maps| {
+                let task = tx.put_object(&maps.tasks, "same-id", ObjType::Map)?;
+                tx.put(&task, "title", side)?;
+                tx.put(&maps.records, format!("{side}-task/record"), vec![1_u8, 2])?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        right
+            .change(2_000, "others", |tx, maps| {
+                tx.put(&maps.members, "member/record", vec![3_u8])?;
+                tx.put(&maps.probes, "probe/record", vec![4_u8])?;
+                tx.put(&maps.inbox, "agent@node/message", "{}")?;
+                tx.put(&maps.meta, "mesh_name", "renamed")
+            })
+            .unwrap();
+        (left, right)
+    }
+
+    /// The patch log of applied changes names exactly what a diff of the heads names, the
+    /// losing side of a concurrently created task included.
+    #[test]
+    fn applied_changes_touch_what_a_diff_of_the_heads_shows() {
+        let (mut left, right) = concurrent_writers();
+        let before = left.heads();
+        let touched = left.apply(&right.save()).unwrap();
+        assert_eq!(touched, touched_between(&left, &before));
+        let ids: Vec<&str> = touched.tasks.iter().map(TaskId::as_str).collect();
+        assert_eq!(ids, ["right-task", "same-id"]);
+        assert!(touched.members && touched.probes && touched.meta && touched.inbox);
+        assert!(left.apply(&right.save()).unwrap().is_empty(), "changes seen before touch nothing");
+    }
+
+    /// The same holds for changes that arrive by the sync protocol.
+    #[test]
+    fn synced_changes_touch_what_a_diff_of_the_heads_shows() {
+        let (mut left, mut right) = concurrent_writers();
+        let before = left.heads();
+        let (mut left_state, mut right_state) = (sync::State::new(), sync::State::new());
+        let mut touched = Touched::default();
+        for _ in 0..10 {
+            let to_right = left.doc.generate_sync_message(&mut left_state);
+            let to_left = right.doc.generate_sync_message(&mut right_state);
+            if to_right.is_none() && to_left.is_none() {
+                break;
+            }
+            if let Some(message) = to_right {
+                right.receive_sync_message(&mut right_state, message).unwrap();
+            }
+            if let Some(message) = to_left {
+                let more = left.receive_sync_message(&mut left_state, message).unwrap();
+                touched.tasks.extend(more.tasks);
+                touched.members |= more.members;
+                touched.probes |= more.probes;
+                touched.meta |= more.meta;
+                touched.inbox |= more.inbox;
+            }
+        }
+        assert_eq!(left.heads(), right.heads(), "the sync ran to the end");
+        assert_eq!(touched, touched_between(&left, &before));
     }
 
     /// A node's actor ids differ per boot and are recognised as its own.

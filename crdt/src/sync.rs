@@ -136,10 +136,10 @@ impl SyncEngine {
             Err(reason) => return self.refuse(peer, reason, outputs),
         };
         let before = replica.doc().heads();
-        if let Err(error) = replica.doc_mut().automerge_mut().receive_sync_message(&mut session.state, message) {
-            return self.refuse(peer, error.to_string(), outputs);
-        }
-        let touched = replica.doc().touched_since(&before);
+        let touched = match replica.doc_mut().receive_sync_message(&mut session.state, message) {
+            Ok(touched) => touched,
+            Err(error) => return self.refuse(peer, error.to_string(), outputs),
+        };
         if !touched.is_empty() || replica.doc().heads() != before {
             outputs.push(SyncOutput::Persist { changes: replica.doc().automerge().save_after(&before) });
             replica.refresh(&touched, now_ms);
@@ -191,7 +191,10 @@ impl SyncEngine {
 
     fn push(&mut self, replica: &Replica, peer: NodeId, outputs: &mut Vec<SyncOutput>) {
         let Some(session) = self.peers.get_mut(&peer) else { return };
-        while let Some(message) = replica.doc().automerge().generate_sync_message(&mut session.state) {
+        // One message at most: once it is generated the state is in flight with our current
+        // heads, and Automerge sends nothing more until the peer answers or the heads move. A
+        // second call would only build the bloom filter again to say so.
+        if let Some(message) = replica.doc().automerge().generate_sync_message(&mut session.state) {
             let expects_reply = !message.changes.is_empty() || !message.need.is_empty();
             outputs.push(SyncOutput::Send { peer, frame: Frame::Sync(message.encode()).encode(), expects_reply });
         }

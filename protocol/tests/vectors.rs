@@ -103,7 +103,7 @@ fn protocol_md_test_vectors_match_the_code() {
 /// Method: read `protocol/src/limits.rs` as text, evaluate each `pub const`, find its row.
 #[test]
 fn limits_table_lists_every_limit() {
-    let source = read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/limits.rs"));
+    let source = read(&manifest_dir().join("src/limits.rs"));
     let text = read(&protocol_md_path());
     let rows = table_rows(section(&text, "## Limits"));
     let constants = pub_consts(&source);
@@ -500,7 +500,14 @@ fn crc32_matches_the_standard_check_value() {
 }
 
 fn protocol_md_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md")
+    manifest_dir().join("../docs/PROTOCOL.md")
+}
+
+/// This crate's directory in the checkout being tested. Cargo sets `CARGO_MANIFEST_DIR` when
+/// it runs a test, and that wins over the compile-time value: a binary reused from another
+/// checkout that shares the target directory must still read this checkout's files.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 fn read(path: &PathBuf) -> String {
