@@ -20,8 +20,8 @@
 
 use std::collections::BTreeSet;
 
-use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
     ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, Patch, PatchAction, PatchLog, Prop, ROOT, ReadDoc,
 };
@@ -204,7 +204,11 @@ impl QueueDoc {
     }
 
     /// Receives a peer's sync message into `state`. Returns what its changes touched.
-    pub fn receive_sync_message(&mut self, state: &mut sync::State, message: sync::Message) -> Result<Touched, DocError> {
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        message: sync::Message,
+    ) -> Result<Touched, DocError> {
         let mut log = PatchLog::active();
         self.doc.receive_sync_message_log_patches(state, message, &mut log)?;
         Ok(self.touched_by(&mut log))
