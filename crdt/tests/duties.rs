@@ -81,6 +81,10 @@ fn a_claim_that_loses_as_it_is_written_hands_back_its_change_to_store() {
     let state = &mesh.replicas[2].task(&task).unwrap().state;
     let lost = state.lost_claims.iter().find(|lost| lost.claim == claim).expect("the claim is among the lost");
     assert_eq!(lost.reason, LossReason::QuorumSplit);
+    // A local write is a change like a merged one: the duties after it tell the agent.
+    let touched = meshwork_crdt::Touched { tasks: [task.clone()].into(), ..Default::default() };
+    let duties = mesh.replicas[2].fulfil_duties_after(&mesh.keys[2], &touched, T0 + 200);
+    assert_eq!(mesh.inbox_ids(2), [lost_notice_id(&claim)], "{:?}", duties.errors);
 
     // The founder, which holds both earlier quorum claims, learns of the split from exactly the
     // handed-back change.

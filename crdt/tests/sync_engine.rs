@@ -124,3 +124,40 @@ fn a_non_member_peer_is_closed_on_connect() {
     assert!(matches!(outputs.as_slice(), [SyncOutput::Close { .. }]));
     assert_eq!(a.engine.connected_peers().count(), 0);
 }
+
+/// Regression (found by netsim): a member removed here while its session was open kept
+/// syncing until the shell happened to close the link. The engine now ends the session at
+/// the removal, and a frame the removed node still sends is refused unread.
+#[test]
+fn a_member_removed_while_connected_is_closed_and_its_frames_refused() {
+    let (mut a, mut b) = two_sides();
+    let first = connect(&mut a, &mut b);
+    assert!(pump(&mut a, &mut b, first).is_empty());
+    assert_eq!(a.engine.connected_peers().count(), 1);
+
+    let removed =
+        Membership { action: MembershipAction::Remove, member: b.key.node_id(), name: "b".into(), roles: vec![] };
+    a.replica.change_membership(&a.key, removed, NOW_MS + 10).unwrap();
+    let outputs = a.engine.handle(&mut a.replica, SyncInput::LocalChange, NOW_MS + 10);
+    let b_id = b.key.node_id();
+    assert!(
+        outputs.iter().any(|output| matches!(output, SyncOutput::Close { peer, .. } if *peer == b_id)),
+        "{outputs:?}"
+    );
+    assert!(!outputs.iter().any(|output| matches!(output, SyncOutput::Send { .. })), "nothing more goes to b");
+    assert_eq!(a.engine.connected_peers().count(), 0);
+
+    // b, unaware, writes and pushes: a refuses the frame without reading it.
+    let agent = AgentName::new("agent").unwrap();
+    let request = AddTask { title: "late".into(), ..AddTask::default() };
+    b.replica.add_task(Speaker { key: &b.key, agent: &agent }, &request, NOW_MS + 20, 1).unwrap();
+    let heads = a.replica.doc().heads();
+    let pushes = b.engine.handle(&mut b.replica, SyncInput::LocalChange, NOW_MS + 20);
+    for output in pushes {
+        if let SyncOutput::Send { frame, .. } = output {
+            let answer = a.engine.handle(&mut a.replica, SyncInput::Frame { peer: b_id, bytes: frame }, NOW_MS + 20);
+            assert!(matches!(answer.as_slice(), [SyncOutput::Close { .. }]), "{answer:?}");
+        }
+    }
+    assert_eq!(a.replica.doc().heads(), heads, "nothing of b's arrived");
+}
