@@ -7,10 +7,13 @@
 //!
 //! A lost-claim notice has the id `lost-<claim record id>`: only the node that made the
 //! claim writes it, and only when that key is absent, so each lost claim is told exactly
-//! once however many merges reveal it, across restarts too.
+//! once however many merges reveal it, across restarts too. The same holds for `taken-<claim>`
+//! (a claim's lease ran out and another claim took the task over) and `won-<claim>` (a claim
+//! whose agent was told one of those holds the task after all).
 
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
+use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::{AgentId, RecordId, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +78,11 @@ pub fn reinstated_notice_id(claim: &RecordId) -> String {
     format!("won-{claim}")
 }
 
+/// The id of the notice that a claim's lease ran out and another claim took the task over.
+pub fn taken_over_notice_id(claim: &RecordId) -> String {
+    format!("taken-{claim}")
+}
+
 impl Replica {
     /// The messages of one agent, oldest first, then by id.
     pub fn inbox(&self, to: &AgentId) -> Vec<InboxEntry> {
@@ -113,8 +121,10 @@ impl Replica {
         matches!(doc.automerge().get(&doc.maps().inbox, key), Ok(Some(_)))
     }
 
-    /// The lost-claim notices this node owes its agents for these tasks: one per lost claim
-    /// this node made for a named agent, unless it was written before.
+    /// The notices this node owes its agents for these tasks, unless written before: one per
+    /// lost claim this node made for a named agent, one per lease of theirs another claim took
+    /// over (unless the agent finished the task itself), and one when a claim they were told
+    /// of so holds the task after all.
     pub fn notices_due<'a>(&self, tasks: impl IntoIterator<Item = &'a TaskId>, now_ms: u64) -> Vec<Notice> {
         let node = self.node();
         let mut due = Vec::new();
@@ -138,18 +148,52 @@ impl Replica {
                 };
                 due.push(Notice { to, id: notice_id, message });
             }
-            // A holder that was told it lost is told, once, that it holds the task after all.
+            for ended in entry.state.taken_over.iter().filter(|ended| ended.node == node) {
+                let Some(agent) = &ended.agent else { continue };
+                // An agent that finished the task itself needs no telling.
+                let finished_it = entry.state.status == TaskStatus::Done
+                    && entry
+                        .state
+                        .result
+                        .as_ref()
+                        .is_some_and(|done| done.node == node && done.agent.as_ref() == Some(agent));
+                let to = AgentId { agent: agent.clone(), node };
+                let notice_id = taken_over_notice_id(&ended.claim);
+                if finished_it
+                    || self.has_key(&message_key(&to, &notice_id))
+                    || due.iter().any(|n: &Notice| n.id == notice_id && n.to == to)
+                {
+                    continue;
+                }
+                let message = Message {
+                    from: NODE_SENDER.to_owned(),
+                    subject: format!("lease on {id} ran out and was taken over"),
+                    body: format!(
+                        "Your lease on {id} (generation {}) ran out at {} and another claim took the task over. \
+                         Stop working on it; what you wrote stays in the task's history.",
+                        ended.generation,
+                        meshwork_protocol::time::format_rfc3339_ms(ended.lease_until_ms)
+                    ),
+                    priority: "urgent".to_owned(),
+                    at_ms: now_ms,
+                    task: Some(id.to_string()),
+                };
+                due.push(Notice { to, id: notice_id, message });
+            }
+            // A holder that was told it lost, or that its lease was taken over, is told, once,
+            // that it holds the task after all.
             let Some(holder) = entry.state.holder.as_ref().filter(|holder| holder.node == node) else { continue };
             let Some(agent) = &holder.agent else { continue };
             let to = AgentId { agent: agent.clone(), node };
-            let told_lost = self.has_key(&message_key(&to, &lost_notice_id(&holder.claim)));
+            let told_lost = self.has_key(&message_key(&to, &lost_notice_id(&holder.claim)))
+                || self.has_key(&message_key(&to, &taken_over_notice_id(&holder.claim)));
             let notice_id = reinstated_notice_id(&holder.claim);
             if told_lost && !self.has_key(&message_key(&to, &notice_id)) {
                 let message = Message {
                     from: NODE_SENDER.to_owned(),
                     subject: format!("claim on {id} counts after all"),
                     body: format!(
-                        "Your claim of {id} holds the task after all: the claim it lost to no longer counts. \
+                        "Your claim of {id} holds the task after all: the claim that displaced it no longer counts. \
                          You hold {id} until {}; resume the work or release it.",
                         meshwork_protocol::time::format_rfc3339_ms(holder.lease_until_ms)
                     ),

@@ -31,6 +31,9 @@ pub struct TaskState {
     pub failures: u32,
     pub holder: Option<Holder>,
     pub lost_claims: Vec<LostClaim>,
+    /// Won claims whose lease ran out and whose generation another claim took over, by
+    /// generation: their agents may still be at work and must be told.
+    pub taken_over: Vec<TakenOver>,
     /// Every valid claim ever made on the task, won or lost, by id.
     pub claims: BTreeMap<RecordId, ClaimEntry>,
     /// The votes of every quorum claim, by claim id. A quorum claim is a candidate for its
@@ -104,6 +107,18 @@ pub struct Holder {
     /// When the lease ends unless renewed, in ms since the epoch, as the records say.
     pub lease_until_ms: u64,
     pub quorum: bool,
+}
+
+/// A claim that won its generation and held it until its lease ran out, when a claim of the
+/// next generation, stamped after the end of the lease, took the task over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenOver {
+    pub claim: RecordId,
+    pub node: NodeId,
+    pub agent: Option<AgentName>,
+    pub generation: u32,
+    /// The end of the lease, as last renewed in the records.
+    pub lease_until_ms: u64,
 }
 
 /// A claim that did not win, and why; its records are kept all the same.
@@ -211,6 +226,7 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
         failures: 0,
         holder: None,
         lost_claims: Vec::new(),
+        taken_over: Vec::new(),
         claims: BTreeMap::new(),
         quorum: BTreeMap::new(),
         progress: Vec::new(),
@@ -449,7 +465,7 @@ enum TenureEnd {
     /// Ended at this stamp; `failed` counts toward `max_attempts`. A claim of the next
     /// generation counts only if stamped after it (the whole hybrid stamp: a node whose clock
     /// is behind stamps its claim in the same millisecond with a higher logical count).
-    Ended { at: Stamp, failed: bool, failure: Option<Noted<String>> },
+    Ended { at: Stamp, failed: bool, failure: Option<Noted<String>>, taken_over: bool },
 }
 
 /// Walks the generations: the winner of each, and whether its tenure ended.
@@ -523,7 +539,16 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
                 });
                 break;
             }
-            TenureEnd::Ended { at, failed, failure } => {
+            TenureEnd::Ended { at, failed, failure, taken_over } => {
+                if taken_over {
+                    state.taken_over.push(TakenOver {
+                        claim: winner_id,
+                        node: winner.node,
+                        agent: winner.agent.clone(),
+                        generation,
+                        lease_until_ms: lease_until,
+                    });
+                }
                 if failed {
                     state.failures += 1;
                 }
@@ -630,11 +655,15 @@ fn tenure_end(
             at: stamp,
             failed: reason.is_some(),
             failure: reason.map(|reason| noted(signed, reason.clone())),
+            taken_over: false,
         },
         // Every stamp of the lease's last millisecond is inside it.
-        None if taken_over => {
-            TenureEnd::Ended { at: Stamp { wall_ms: lease_until, logical: u32::MAX }, failed: true, failure: None }
-        }
+        None if taken_over => TenureEnd::Ended {
+            at: Stamp { wall_ms: lease_until, logical: u32::MAX },
+            failed: true,
+            failure: None,
+            taken_over: true,
+        },
         None => TenureEnd::Held,
     }
 }

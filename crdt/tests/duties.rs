@@ -2,7 +2,7 @@
 //! change to store, and an agent told it lost is told again when its claim counts after all.
 //! Both were found by netsim (docs/TESTING.md) and are pinned here without it.
 
-use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id};
+use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id, taken_over_notice_id};
 use meshwork_crdt::ops::ClaimOptions;
 use meshwork_crdt::resolve::LossReason;
 use meshwork_crdt::test_support::node_key;
@@ -135,4 +135,36 @@ fn an_agent_told_it_lost_is_told_once_when_its_claim_counts_after_all() {
     assert_eq!(mesh.inbox_ids(loser), [lost_notice_id(&lost_claim), reinstated_notice_id(&lost_claim)]);
     let again = mesh.replicas[loser].fulfil_duties_after(&mesh.keys[loser], &touched, T0 + 500);
     assert!(again.changes.is_empty() && again.notices.is_empty(), "a notice is written once");
+}
+
+/// Found by the namespace test of a clock an hour off: a node whose clock runs an hour fast
+/// sees every fresh lease as expired and takes it over, and by the records (its claim is
+/// stamped after the lease's end) the takeover counts. The holder's agent, still at work, was
+/// never told. It now gets one `taken-CLAIM` notice; told again, nothing is written.
+#[test]
+fn a_holder_whose_lease_a_fast_clock_took_over_is_told_once() {
+    let mut mesh = mesh_of_three();
+    let task = mesh.task.clone();
+    let speaker = Speaker { key: &mesh.keys[1], agent: &mesh.agent };
+    let claim = mesh.replicas[1].claim(speaker, &task, T0 + 100).unwrap().record.unwrap();
+    mesh.merge(1, 2, T0 + 200);
+
+    let an_hour_fast = T0 + 200 + 3_600_000;
+    let speaker = Speaker { key: &mesh.keys[2], agent: &mesh.agent };
+    mesh.replicas[2].claim(speaker, &task, an_hour_fast).unwrap();
+    mesh.merge(2, 1, T0 + 300);
+    let state = &mesh.replicas[1].task(&task).unwrap().state;
+    assert_eq!(state.holder.as_ref().map(|holder| holder.node), Some(mesh.keys[2].node_id()));
+    assert_eq!(state.taken_over.iter().map(|ended| ended.claim).collect::<Vec<_>>(), [claim]);
+
+    let tasks = std::slice::from_ref(&task);
+    let duties = mesh.replicas[1].fulfil_duties(&mesh.keys[1], tasks, T0 + 300);
+    assert_eq!(duties.notices.len(), 1);
+    assert_eq!(mesh.inbox_ids(1), [taken_over_notice_id(&claim)]);
+    let notice = &mesh.replicas[1].inbox(&mesh.agent_of(1))[0].message;
+    assert_eq!(notice.subject, "lease on T-1 ran out and was taken over");
+    assert!(mesh.replicas[1].fulfil_duties(&mesh.keys[1], tasks, T0 + 400).changes.is_empty(), "told once");
+    // The taker's own agent is told nothing.
+    mesh.replicas[2].fulfil_duties(&mesh.keys[2], tasks, an_hour_fast);
+    assert!(mesh.inbox_ids(2).is_empty());
 }

@@ -122,6 +122,22 @@ fn takeover_after_lease_expiry_starts_the_next_generation() {
     assert_eq!(world.holder_node(&state), Some(1));
     assert_eq!(state.attempts, 2);
     assert_eq!(state.failures, 1);
+    let taken: Vec<(RecordId, u32, u64)> =
+        state.taken_over.iter().map(|ended| (ended.claim, ended.generation, ended.lease_until_ms)).collect();
+    assert_eq!(taken, [(first.id(), 0, 10_000 + LEASE_MS)], "the displaced holder is named, to be told");
+}
+
+/// A tenure its holder closed (release or fail) was not taken over: nobody needs telling.
+#[test]
+fn a_released_or_failed_tenure_is_not_listed_as_taken_over() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000);
+    let release =
+        world.follow_up(0, 11_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &first);
+    let next = world.claim(1, 1, 2, 10_000 + LEASE_MS + 1);
+    let state = world.resolve(&[&first, &release, &next]);
+    assert_eq!(world.holder_node(&state), Some(1));
+    assert!(state.taken_over.is_empty(), "{:?}", state.taken_over);
 }
 
 /// A holder whose renewal was signed in time keeps the task even if the renewal arrives

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_crdt::Replica;
 use meshwork_crdt::gate;
-use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id};
+use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id, taken_over_notice_id};
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::{AgentId, NodeId, RecordId, Stamp, TaskId};
 use sha2::{Digest, Sha256};
@@ -320,23 +320,42 @@ impl Checker {
     /// contradict a notice: a removal stops the winning claim from counting, or a quorum
     /// claim's votes arrive after the task was cancelled.)
     fn losers_told(&mut self, at_us: u64, node: &SimNode, replica: &Replica) {
-        // The lost-notice id of each holder's claim, and the notice that corrects it.
+        // The lost- and taken- notice ids of each holder's claim, and the notice that corrects
+        // either.
         let holders: BTreeMap<String, String> = replica
             .tasks()
             .values()
             .filter_map(|entry| entry.state.holder.as_ref())
-            .map(|holder| (lost_notice_id(&holder.claim), reinstated_notice_id(&holder.claim)))
+            .flat_map(|holder| {
+                let reinstated = reinstated_notice_id(&holder.claim);
+                [(lost_notice_id(&holder.claim), reinstated.clone()), (taken_over_notice_id(&holder.claim), reinstated)]
+            })
             .collect();
+        // Every notice this node owes: a lost claim of one of its agents, or a lease of one of
+        // its agents taken over (unless that agent finished the task itself).
         let mut lost: BTreeMap<String, TaskId> = BTreeMap::new();
         for entry in replica.tasks().values() {
             for claim in entry.state.lost_claims.iter().filter(|lost| lost.node == node.id && lost.agent.is_some()) {
                 lost.insert(lost_notice_id(&claim.claim), entry.fields.id.clone());
             }
+            let finished_by = |agent| {
+                entry.state.status == TaskStatus::Done
+                    && entry
+                        .state
+                        .result
+                        .as_ref()
+                        .is_some_and(|done| done.node == node.id && done.agent.as_ref() == Some(agent))
+            };
+            for ended in entry.state.taken_over.iter().filter(|ended| ended.node == node.id) {
+                if ended.agent.as_ref().is_some_and(|agent| !finished_by(agent)) {
+                    lost.insert(taken_over_notice_id(&ended.claim), entry.fields.id.clone());
+                }
+            }
         }
         for agent in &node.agents {
             let inbox = replica.inbox(&AgentId { agent: agent.clone(), node: node.id });
             let mut told: BTreeMap<&str, usize> = BTreeMap::new();
-            for entry in inbox.iter().filter(|entry| entry.id.starts_with("lost-")) {
+            for entry in inbox.iter().filter(|entry| entry.id.starts_with("lost-") || entry.id.starts_with("taken-")) {
                 *told.entry(entry.id.as_str()).or_default() += 1;
             }
             for (id, count) in &told {
@@ -365,7 +384,7 @@ impl Checker {
                 self.violate(
                     invariant::LOSERS_TOLD,
                     at_us,
-                    format!("{}: lost claim {id} on {task} was never told", node.name),
+                    format!("{}: notice {id} on {task} was never written", node.name),
                 );
             }
         }

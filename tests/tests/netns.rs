@@ -119,11 +119,16 @@ fn on_every_node<T: Send>(nodes: &[TestNode], work: impl Fn(usize, &TestNode, &s
 
 /// The lost-claim notices in an agent's inbox on its node, by task.
 fn lost_notices(node: &TestNode, agent: &str) -> BTreeMap<String, usize> {
+    notices(node, agent, "lost-")
+}
+
+/// The notices of one kind (`lost-`, `taken-`, `won-`) in an agent's inbox on its node, by task.
+fn notices(node: &TestNode, agent: &str, kind: &str) -> BTreeMap<String, usize> {
     let run = node.cli_as(agent, &["inbox", "read", "--json"]);
     assert_eq!(run.code, 0, "inbox read failed: {run:?}");
     let mut notices = BTreeMap::new();
     for message in run.json().as_array().into_iter().flatten() {
-        if message["id"].as_str().is_some_and(|id| id.starts_with("lost-")) {
+        if message["id"].as_str().is_some_and(|id| id.starts_with(kind)) {
             *notices.entry(message["task"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
         }
     }
@@ -342,8 +347,19 @@ fn a_node_an_hour_off_agrees_on_every_winner() {
     }
     let by_gamma = reference.values().filter(|task| task["holder"]["agent"] == AGENTS[2]).count();
     let taken_over = reference.values().filter(|task| task["generation"].as_u64() != Some(0)).count();
+    // Every generation here after the first began with a takeover of a lease that gamma's clock
+    // saw run out: the displaced holder's agent, maybe still at work, is told exactly once.
+    let takeovers: u64 = reference.values().map(|task| task["generation"].as_u64().unwrap_or(0)).sum();
+    let told = || -> Vec<BTreeMap<String, usize>> {
+        nodes.iter().zip(AGENTS).map(|(node, agent)| notices(node, agent, "taken-")).collect()
+    };
+    wait_until("every displaced holder is told its lease was taken over", CONVERGE, || {
+        told().iter().flat_map(BTreeMap::values).sum::<usize>() as u64 == takeovers
+    });
+    assert!(told().iter().flat_map(BTreeMap::values).all(|count| *count == 1), "one notice per takeover: {:?}", told());
     eprintln!(
-        "netns figure: with gamma an hour ahead, gamma won {by_gamma} of {} tasks, {taken_over} by a takeover",
+        "netns figure: with gamma an hour ahead, gamma won {by_gamma} of {} tasks, {taken_over} by a takeover \
+         (each displaced agent told once)",
         ids.len()
     );
 }
