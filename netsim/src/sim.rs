@@ -136,7 +136,8 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(scenario: Scenario, verbose: bool) -> Sim {
-        let mut rng = Pcg64Mcg::seed_from_u64(scenario.seed);
+        // The run's one stream (the scenario drew its plan from another, `SCENARIO_STREAM`).
+        let rng = Pcg64Mcg::seed_from_u64(scenario.seed);
         let nodes = (0..scenario.nodes)
             .map(|index| {
                 let mut seed = [0u8; 32];
@@ -151,7 +152,6 @@ impl Sim {
             })
             .collect();
         let net = Network::new(scenario.link, scenario.loss_ppm, scenario.duplicate_ppm, scenario.reorder_ppm);
-        let _ = rng.random::<u64>();
         Sim {
             scenario,
             rng,
