@@ -11,7 +11,7 @@ use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::{AgentId, NodeId, RecordId, Stamp, TaskId};
 use sha2::{Digest, Sha256};
 
-use crate::node::SimNode;
+use crate::node::{SimNode, in_mesh};
 
 /// The invariants, by the names docs/TESTING.md and the design use.
 pub mod invariant {
@@ -50,7 +50,14 @@ pub enum Acknowledged {
     Record(TaskId, RecordId),
 }
 
-type Finish = (TaskStatus, Option<(NodeId, Stamp)>);
+/// A finish a node saw: the status, whose record made it (signer, stamp), and how many of the
+/// task's records were not counting then.
+#[derive(Debug, Clone, Copy)]
+struct Finish {
+    status: TaskStatus,
+    by: Option<(NodeId, Stamp)>,
+    rejected: u32,
+}
 
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -109,31 +116,37 @@ impl Checker {
         self.equal_heads_equal_exports(at_us, nodes, node);
     }
 
-    /// Invariant 4. A finish may be undone only by a removal: records a node signs after its
-    /// removal never count, so a node that saw such a record before the removal reached it
-    /// saw a finish that never was.
+    /// Invariant 4, for `done` and `cancelled`. A finish may be undone only by a removal:
+    /// records a node signs after its removal never count, so a node that saw such a record
+    /// (the `done` itself, or an approval or a claim the `done` rests on) before the removal
+    /// reached it saw a finish that never was. The task's `rejected` count shows it: records
+    /// are never deleted, so one that stops counting was signed after a removal.
+    ///
+    /// `failed` is not final by the design (only `done` is): a renewal signed in time that
+    /// arrives late, or a takeover stamped before the last `fail`, redraws the tenures and can
+    /// reopen a task that had run out of attempts (docs/PROTOCOL.md, "Open points").
     fn finished_stays_finished(&mut self, at_us: u64, node: usize, replica: &Replica) {
         let seen = self.finished.entry(node).or_default();
         let mut broken = Vec::new();
-        for (task, (before, by)) in seen.iter() {
-            let now = replica.status_of(task);
-            let kept = match before {
+        for (task, before) in seen.iter() {
+            let entry = replica.task(task);
+            let now = entry.map(|entry| entry.state.status);
+            let kept = match before.status {
                 TaskStatus::Done => now == Some(TaskStatus::Done),
                 _ => now.is_some_and(TaskStatus::is_finished),
             };
-            let never_counted = by.is_some_and(|(signer, stamp)| !replica.members().is_member_at(&signer, stamp));
+            let never_counted =
+                before.by.is_some_and(|(signer, stamp)| !replica.members().is_member_at(&signer, stamp))
+                    || entry.is_some_and(|entry| entry.state.rejected > before.rejected);
             if !kept && !never_counted {
-                broken.push(format!("node n{node}: task {task} was {} and is now {:?}", before.as_str(), now));
+                broken.push(format!("node n{node}: task {task} was {} and is now {:?}", before.status.as_str(), now));
             }
         }
-        for entry in replica.tasks().values().filter(|entry| entry.state.status.is_finished()) {
+        let final_statuses = [TaskStatus::Done, TaskStatus::Cancelled];
+        for entry in replica.tasks().values().filter(|entry| final_statuses.contains(&entry.state.status)) {
             let state = &entry.state;
-            let by = [&state.result, &state.cancelled, &state.failure]
-                .into_iter()
-                .flatten()
-                .map(|noted| (noted.node, noted.at))
-                .next();
-            seen.insert(entry.fields.id.clone(), (state.status, by));
+            let by = [&state.result, &state.cancelled].into_iter().flatten().map(|noted| (noted.node, noted.at)).next();
+            seen.insert(entry.fields.id.clone(), Finish { status: state.status, by, rejected: state.rejected });
         }
         for detail in broken {
             self.violate(invariant::FINISHED_STAYS_FINISHED, at_us, detail);
@@ -239,7 +252,7 @@ impl Checker {
     /// The checks once the healed mesh settled: every participant has the same heads,
     /// names the same holder everywhere, kept everything acknowledged, and told its losers.
     pub fn quiescent(&mut self, at_us: u64, nodes: &[SimNode]) {
-        let participants: Vec<&SimNode> = nodes.iter().filter(|node| node.participates()).collect();
+        let participants: Vec<&SimNode> = nodes.iter().filter(|node| in_mesh(nodes, node.index)).collect();
         let Some(first) = participants.first().and_then(|node| node.live.as_ref()) else { return };
         let first_heads = heads_key(&first.replica);
         let first_export = first.replica.export_json();
@@ -285,7 +298,7 @@ impl Checker {
     fn nothing_lost(&mut self, at_us: u64, nodes: &[SimNode], participants: &[&SimNode]) {
         let mut wanted: BTreeMap<TaskId, BTreeSet<Option<RecordId>>> = BTreeMap::new();
         for (node, acknowledged) in &self.acknowledged {
-            if !nodes[*node].participates() {
+            if !in_mesh(nodes, *node) {
                 continue;
             }
             for what in acknowledged {
@@ -393,12 +406,13 @@ impl Checker {
     /// Every task is finished, or cannot be: it waits on a task that failed or was
     /// cancelled, or no participant's machine meets its requirements.
     pub fn liveness(&mut self, at_us: u64, nodes: &[SimNode]) {
-        let Some(live) = nodes.iter().filter(|node| node.participates()).find_map(|node| node.live.as_ref()) else {
+        let Some(live) = nodes.iter().filter(|node| in_mesh(nodes, node.index)).find_map(|node| node.live.as_ref())
+        else {
             return;
         };
         let replica = &live.replica;
         let runnable = |entry: &meshwork_crdt::TaskEntry| {
-            nodes.iter().filter(|node| node.participates()).any(|node| {
+            nodes.iter().filter(|node| in_mesh(nodes, node.index)).any(|node| {
                 let probe = replica.probes().latest(&node.id).map(|(_, entry)| &entry.probe);
                 gate::unmet(&entry.fields.requires, probe).is_empty()
             })

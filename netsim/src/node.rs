@@ -73,6 +73,8 @@ pub struct SimNode {
     pub live: Option<Live>,
     /// It holds a document of the mesh (it founded it or joined it).
     pub joined: bool,
+    /// One of the members the mesh was founded with (the others join later).
+    pub founding: bool,
     /// A member removed it; it keeps running, cut off.
     pub removed: bool,
 }
@@ -95,6 +97,7 @@ impl SimNode {
             disk: Disk::default(),
             live: None,
             joined: false,
+            founding: false,
             removed: false,
         }
     }
@@ -103,7 +106,8 @@ impl SimNode {
         self.clock.wall_ms(now_us)
     }
 
-    /// Still part of the mesh: joined and not removed.
+    /// Joined and not removed, as far as the simulation's own flags know; [`in_mesh`] also
+    /// asks the mesh.
     pub fn participates(&self) -> bool {
         self.joined && !self.removed
     }
@@ -136,4 +140,22 @@ impl SimNode {
             ..Probe::default()
         }
     }
+}
+
+/// Whether `node` is part of the mesh: it participates, and a node that joined late is also a
+/// current member by the view of the first live founding participant. A late joiner admitted
+/// by a member whose removal it did not know of yet (removed before it signed the add) is not:
+/// its add record never counts, so the mesh's gates keep it out, as they must, and the checks
+/// leave it out. The view is the mesh's own judgement, from the records, whatever the clocks.
+pub fn in_mesh(nodes: &[SimNode], node: usize) -> bool {
+    let candidate = &nodes[node];
+    if !candidate.participates() {
+        return false;
+    }
+    if candidate.founding {
+        return true;
+    }
+    let reference =
+        nodes.iter().filter(|other| other.founding && other.participates()).find_map(|other| other.live.as_ref());
+    reference.is_none_or(|live| live.replica.members().get(&candidate.id).is_some_and(|member| member.is_current()))
 }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::check::{Acknowledged, Checker, DOCUMENT_BYTES_BASE, DOCUMENT_BYTES_PER_CHANGE_MAX, Violation, invariant};
 use crate::net::{ConnId, Fate, Network};
-use crate::node::SimNode;
+use crate::node::{SimNode, in_mesh};
 use crate::scenario::{Fault, SECOND_US, Scenario};
 use crate::trace::Trace;
 use crate::workload::{self, Op};
@@ -289,7 +289,7 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let mut heads = self.nodes.iter().filter(|node| node.participates()).map(|node| {
+        let mut heads = self.nodes.iter().filter(|node| in_mesh(&self.nodes, node.index)).map(|node| {
             node.live.as_ref().map(|live| {
                 let mut heads = live.replica.doc().heads();
                 heads.sort();
@@ -301,7 +301,7 @@ impl Sim {
     }
 
     fn all_finished(&self) -> bool {
-        self.nodes.iter().filter(|node| node.participates()).all(|node| {
+        self.nodes.iter().filter(|node| in_mesh(&self.nodes, node.index)).all(|node| {
             node.live
                 .as_ref()
                 .is_some_and(|live| live.replica.tasks().values().all(|entry| entry.state.status.is_finished()))
@@ -354,7 +354,11 @@ impl Sim {
     }
 
     fn any_replica(&self) -> Option<&Replica> {
-        self.nodes.iter().filter(|node| node.participates()).find_map(|node| node.live.as_ref()).map(|l| &l.replica)
+        self.nodes
+            .iter()
+            .filter(|node| in_mesh(&self.nodes, node.index))
+            .find_map(|node| node.live.as_ref())
+            .map(|l| &l.replica)
     }
 
     // ---- setup and membership ----
@@ -376,10 +380,12 @@ impl Sim {
             founder.disk.write_durable(changes);
         }
         founder.joined = true;
+        founder.founding = true;
         founder.live =
             Some(crate::node::Live { replica: founded.replica, engine: Default::default(), links: BTreeMap::new() });
         self.publish_probe(0);
         for node in 1..self.scenario.founding_members {
+            self.nodes[node].founding = true;
             self.admit(node, 0);
         }
         self.note(format!("founded by n0 with {} members", self.scenario.founding_members));
@@ -737,7 +743,7 @@ impl Sim {
             SyncOutput::Close { peer, reason } => {
                 let Some(peer_index) = self.index_of(&peer) else { return };
                 self.note(format!("n{node} closes its link to n{peer_index}: {reason}"));
-                if reason.starts_with("bad frame") && self.nodes[peer_index].participates() {
+                if reason.starts_with("bad frame") && in_mesh(&self.nodes, peer_index) {
                     let detail = format!("n{node} refused a frame of n{peer_index}: {reason}");
                     self.check.violate(invariant::NO_AUTOMERGE_ERRORS, self.now_us, detail);
                 }
@@ -938,7 +944,7 @@ impl Sim {
     /// Every participant's saved document stays within its budget.
     fn document_budget(&mut self) -> usize {
         let mut largest = 0;
-        for node in self.nodes.iter().filter(|node| node.participates()) {
+        for node in self.nodes.iter().filter(|node| in_mesh(&self.nodes, node.index)) {
             let Some(live) = &node.live else { continue };
             let automerge = live.replica.doc().automerge();
             let changes = automerge.get_changes(&[]).len();
