@@ -271,6 +271,20 @@ impl Sim {
                 self.restart(node);
             }
         }
+        // A join still waiting for its inviter (out of reach until now) happens before the
+        // mesh can be called settled, or the joiner would arrive after the checks began.
+        let pending: Vec<(usize, usize)> = self
+            .scenario
+            .faults
+            .iter()
+            .filter_map(|planned| match planned.fault {
+                Fault::Join { node, via } if !self.nodes[node].joined => Some((node, via)),
+                _ => None,
+            })
+            .collect();
+        for (node, via) in pending {
+            self.admit(node, via);
+        }
         self.settled = false;
         self.schedule(100_000, Event::CheckSettled);
         let bound = start + SETTLE_BOUND_US;
