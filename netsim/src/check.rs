@@ -194,7 +194,13 @@ impl Checker {
         for entry in replica.tasks().values() {
             for (claim, tally) in entry.state.quorum.iter().filter(|(_, tally)| tally.reached()) {
                 let key = (entry.fields.id.clone(), tally.generation);
-                let (first, by) = *self.quorum_counted.entry(key).or_insert((*claim, node));
+                let (first, by) = *self.quorum_counted.entry(key.clone()).or_insert((*claim, node));
+                // A claim signed after its signer's removal never counted: a node that saw it
+                // count before the removal reached it saw a majority that never was.
+                if first != *claim && !entry.state.claims.contains_key(&first) {
+                    self.quorum_counted.insert(key, (*claim, node));
+                    continue;
+                }
                 if first != *claim {
                     self.violate(
                         invariant::QUORUM_EXCLUSIVE,

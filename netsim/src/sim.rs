@@ -271,19 +271,28 @@ impl Sim {
                 self.restart(node);
             }
         }
-        // A join still waiting for its inviter (out of reach until now) happens before the
-        // mesh can be called settled, or the joiner would arrive after the checks began.
-        let pending: Vec<(usize, usize)> = self
+        // A join or a removal still waiting (its node was out of reach or down until now)
+        // happens before the mesh can be called settled, or it would land after the checks
+        // began (seeds 1430 and 4205).
+        let pending: Vec<Fault> = self
             .scenario
             .faults
             .iter()
-            .filter_map(|planned| match planned.fault {
-                Fault::Join { node, via } if !self.nodes[node].joined => Some((node, via)),
-                _ => None,
+            .filter(|planned| match planned.fault {
+                Fault::Join { node, .. } => !self.nodes[node].joined,
+                Fault::Remove { node, .. } => !self.nodes[node].removed,
+                _ => false,
             })
+            .map(|planned| planned.fault.clone())
             .collect();
-        for (node, via) in pending {
-            self.admit(node, via);
+        for fault in pending {
+            match fault {
+                Fault::Join { node, via } => {
+                    self.admit(node, via);
+                }
+                Fault::Remove { node, by } => self.remove(node, by),
+                _ => {}
+            }
         }
         self.settled = false;
         self.schedule(100_000, Event::CheckSettled);
