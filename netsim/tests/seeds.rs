@@ -60,14 +60,14 @@ fn hundreds_of_seeds_of_five_nodes_keep_every_invariant() {
 /// Seeds beyond the CI range that broke a check in the first 10,000-seed run, each fixed in
 /// the simulation's model of the mesh, not in the core: a node admitted by a member already
 /// removed counted as a participant (503, 900), a join or removal still pending at the heal
-/// landed after the checks began (1430, 4205), a quorum claim its signer made after its
+/// landed after the checks began (1430, 4205, 8498), a quorum claim its signer made after its
 /// removal was seen to count before the removal arrived (5151), an approval voided by a
 /// removal undid a `done` (734) and a late
 /// renewal or takeover reopened a failed task (870, 987), both allowed by the design
 /// (docs/PROTOCOL.md, "Open points").
 #[test]
 fn the_seeds_the_first_wide_run_broke_keep_every_invariant() {
-    for seed in [503, 734, 870, 900, 987, 1430, 4205, 5151] {
+    for seed in [503, 734, 870, 900, 987, 1430, 4205, 5151, 8498] {
         let report = run_seed(seed, NODES, false);
         assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
     }
