@@ -852,15 +852,12 @@ mod tests {
         assert!(queue.sync_opened(member, 2, sender).await);
     }
 
-    /// The connection limits hold: a member's third connection at once is refused.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_members_third_connection_is_refused() {
-        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-        use libp2p::{Multiaddr, futures::StreamExt as _};
-        use meshwork_protocol::limits::CONNECTIONS_PER_PEER_MAX;
-
-        let member_key = NodeKey::from_seed([7; 32]);
-        let (home, queue, commands, net) = node_with_member(member_key.node_id()).await;
+    /// A node on loopback TCP that admits `member`, its network running: its home, key and
+    /// network handle, the token that stops it, and the address it listens on.
+    async fn listening_node_with_member(
+        member: NodeId,
+    ) -> (tempfile::TempDir, NodeKey, NetHandle, tokio_util::sync::CancellationToken, libp2p::Multiaddr) {
+        let (home, queue, commands, net) = node_with_member(member).await;
         let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
         let config = crate::net::NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -869,32 +866,46 @@ mod tests {
             home: home.path().to_path_buf(),
         };
         let allow = Allowlist {
-            members: [key.node_id(), member_key.node_id()].iter().map(|node| node.peer_id().unwrap()).collect(),
+            members: [key.node_id(), member].iter().map(|node| node.peer_id().unwrap()).collect(),
             invites_open_until_ms: 0,
         };
         let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(network.run(commands, stop.clone()));
-        let mut listen: Option<Multiaddr> = None;
+        let mut listen = None;
         for _ in 0..200 {
-            listen = net.facts().listen.first().and_then(|addr| addr.parse().ok());
+            listen = net.facts().listen.first().and_then(|addr| addr.parse::<libp2p::Multiaddr>().ok());
             if listen.is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let listen = listen.expect("the node listens");
+        (home, key, net, stop, listen.expect("the node listens"))
+    }
 
-        let keypair =
-            libp2p::identity::Keypair::from_protobuf_encoding(&member_key.to_libp2p_protobuf().unwrap()).unwrap();
-        let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    /// A libp2p client that speaks as the member `key`, over TCP with noise and yamux.
+    fn member_client<B: libp2p::swarm::NetworkBehaviour>(key: &NodeKey, behaviour: B) -> libp2p::Swarm<B> {
+        let keypair = libp2p::identity::Keypair::from_protobuf_encoding(&key.to_libp2p_protobuf().unwrap()).unwrap();
+        libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .unwrap()
-            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .with_behaviour(|_| behaviour)
             .unwrap()
             .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+            .build()
+    }
+
+    /// The connection limits hold: a member's third connection at once is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_members_third_connection_is_refused() {
+        use libp2p::futures::StreamExt as _;
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        use meshwork_protocol::limits::CONNECTIONS_PER_PEER_MAX;
+
+        let member_key = NodeKey::from_seed([7; 32]);
+        let (_home, key, _net, stop, listen) = listening_node_with_member(member_key.node_id()).await;
+        let mut client = member_client(&member_key, libp2p::swarm::dummy::Behaviour);
         let node = key.node_id().peer_id().unwrap();
         for _ in 0..3 {
             let dial = DialOpts::peer_id(node).addresses(vec![listen.clone()]).condition(PeerCondition::Always).build();
@@ -937,46 +948,15 @@ mod tests {
 
         let member_key = NodeKey::from_seed([7; 32]);
         let member = member_key.node_id();
-        let (home, queue, commands, net) = node_with_member(member).await;
-        let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
-        let config = crate::net::NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            peers: Vec::new(),
-            mdns: false,
-            home: home.path().to_path_buf(),
-        };
-        let allow = Allowlist {
-            members: [key.node_id(), member].iter().map(|node| node.peer_id().unwrap()).collect(),
-            invites_open_until_ms: 0,
-        };
-        let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(network.run(commands, stop.clone()));
-        let mut listen = None;
-        for _ in 0..200 {
-            listen = net.facts().listen.first().and_then(|addr| addr.parse::<libp2p::Multiaddr>().ok());
-            if listen.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let port = listen.expect("the node listens").iter().find_map(|protocol| match protocol {
+        let (_home, key, net, stop, listen) = listening_node_with_member(member).await;
+        let port = listen.iter().find_map(|protocol| match protocol {
             libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
             _ => None,
         });
         let (proxy, frozen) = freezing_proxy(std::net::SocketAddr::from(([127, 0, 0, 1], port.unwrap()))).await;
         let proxy: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", proxy.port()).parse().unwrap();
 
-        let keypair =
-            libp2p::identity::Keypair::from_protobuf_encoding(&member_key.to_libp2p_protobuf().unwrap()).unwrap();
-        let mut client = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(libp2p::tcp::Config::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let mut client = member_client(&member_key, libp2p_stream::Behaviour::new());
         let mut links = client.behaviour().new_control().accept(crate::net::SYNC_PROTOCOL).unwrap();
         let (dial, mut dials) = mpsc::unbounded_channel::<()>();
         let node = key.node_id().peer_id().unwrap();
