@@ -13,6 +13,7 @@ pub mod limits;
 pub mod probe;
 pub mod record;
 pub mod requirement;
+pub mod route;
 pub mod task_id;
 pub mod task_spec;
 pub mod time;

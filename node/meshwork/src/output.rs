@@ -1,6 +1,7 @@
 //! What the CLI prints: renderings for people (pure functions from the API's JSON types to
 //! text) and the writers that put text, JSON and export bytes on stdout.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use meshwork_crdt::export::MemberView;
@@ -8,7 +9,7 @@ use meshwork_protocol::api::{
     HandoffView, InitView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
-use meshwork_protocol::{ErrorBody, ErrorCode};
+use meshwork_protocol::{ErrorBody, ErrorCode, Probe};
 
 /// Longest title a task table shows, in characters; longer ones end in `…`.
 const TABLE_TITLE_CHARS_MAX: usize = 60;
@@ -445,6 +446,63 @@ fn format_duration_ms(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms}ms"))
 }
 
+const BYTES_PER_GIB: u64 = 1024 * 1024 * 1024;
+
+/// Renders a probe for `meshwork caps`: one aligned `key: value` line per field, memory and
+/// disk in GiB, one line per GPU, per tool (`name version`) and per label.
+pub(crate) fn probe(probe: &Probe) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("os", or_unknown(&probe.os)),
+        ("os version", or_unknown(&probe.os_version)),
+        ("kernel", or_unknown(&probe.kernel)),
+        ("arch", or_unknown(&probe.arch)),
+        ("hostname", or_unknown(&probe.hostname)),
+        ("cpu", or_unknown(&probe.cpu_model)),
+        ("cpus", probe.cpus.to_string()),
+        ("memory", gib(probe.memory_bytes)),
+        ("disk free", gib(probe.disk_free_bytes)),
+    ];
+    let gpus = probe.gpus.iter().map(|gpu| format!("{} ({})", gpu.model, gib(gpu.memory_bytes)));
+    push_list(&mut rows, "gpus", gpus.collect());
+    push_list(&mut rows, "tools", tool_lines(&probe.tools));
+    push_list(&mut rows, "labels", probe.labels.clone());
+    let key_width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for (key, value) in rows {
+        let key = if key.is_empty() { String::new() } else { format!("{key}:") };
+        text.push_str(format!("{key:<key_width$} {value}").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Adds `values` under `key`: the first on the key's row, the rest on rows of their own
+/// (an empty key), or `none`.
+fn push_list<'a>(rows: &mut Vec<(&'a str, String)>, key: &'a str, values: Vec<String>) {
+    if values.is_empty() {
+        rows.push((key, "none".to_owned()));
+    }
+    for (index, value) in values.into_iter().enumerate() {
+        rows.push((if index == 0 { key } else { "" }, value));
+    }
+}
+
+/// `name version` per tool, the names padded so the versions line up.
+fn tool_lines(tools: &BTreeMap<String, String>) -> Vec<String> {
+    let name_width = tools.keys().map(String::len).max().unwrap_or(0);
+    let lines = tools.iter().map(|(name, version)| format!("{name:<name_width$} {version}"));
+    lines.map(|line| line.trim_end().to_owned()).collect()
+}
+
+fn or_unknown(text: &str) -> String {
+    if text.is_empty() { "unknown".to_owned() } else { text.to_owned() }
+}
+
+// The cast loses precision only past 2^53 bytes, far below what one decimal shows.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / BYTES_PER_GIB as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use meshwork_protocol::api::{HolderView, ResultView};
@@ -715,5 +773,47 @@ mod tests {
     fn durations_print_in_the_largest_whole_unit() {
         let printed: Vec<String> = [1_800_000, 90_000, 86_400_000, 7_200_000, 1500, 0].map(format_duration_ms).to_vec();
         assert_eq!(printed, ["30m", "90s", "1d", "2h", "1500ms", "0ms"]);
+    }
+
+    #[test]
+    fn probe_aligns_keys_and_shows_sizes_in_gib() {
+        // Goal: `meshwork caps` output is stable: aligned keys, GiB, one row per list item.
+        let probe = Probe {
+            os: "linux".to_owned(),
+            os_version: "24.04".to_owned(),
+            kernel: "6.8.0-48-generic".to_owned(),
+            arch: "x86_64".to_owned(),
+            hostname: "box".to_owned(),
+            cpu_model: String::new(),
+            cpus: 16,
+            memory_bytes: 64 * BYTES_PER_GIB,
+            disk_free_bytes: BYTES_PER_GIB * 3 / 2,
+            gpus: vec![meshwork_protocol::probe::Gpu {
+                model: "NVIDIA A100".to_owned(),
+                memory_bytes: 80 * BYTES_PER_GIB,
+            }],
+            tools: [("cargo", "cargo 1.95.0"), ("go", ""), ("python3", "Python 3.12.3")]
+                .into_iter()
+                .map(|(name, version)| (name.to_owned(), version.to_owned()))
+                .collect(),
+            labels: Vec::new(),
+        };
+        let expected = "\
+os:         linux
+os version: 24.04
+kernel:     6.8.0-48-generic
+arch:       x86_64
+hostname:   box
+cpu:        unknown
+cpus:       16
+memory:     64.0 GiB
+disk free:  1.5 GiB
+gpus:       NVIDIA A100 (80.0 GiB)
+tools:      cargo   cargo 1.95.0
+            go
+            python3 Python 3.12.3
+labels:     none
+";
+        assert_eq!(super::probe(&probe), expected);
     }
 }

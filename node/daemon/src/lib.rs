@@ -1,14 +1,23 @@
 //! The node daemon: opens the home, recovers the document, and serves the local API until
 //! SIGINT, SIGTERM or `node stop`.
 //!
+//! This crate is the only one that knows libp2p and the store. The `meshwork` binary calls
+//! [`init`], [`start`] and [`local_caps`]; every other command reaches a running node through
+//! the typed client (`meshwork-client`).
+//!
 //! Start-up order matters: the home lock, then a fresh boot number (persisted before any
 //! write, so an actor id is never reused), then recovery, then the queue actor, then the
 //! socket. Shutdown runs the other way and flushes the store last.
 
 mod api;
+pub mod clock;
+mod home;
 mod mesh;
+mod net;
+mod probe;
 mod queue;
 mod start_caches;
+mod store;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -24,17 +33,31 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::StartOptions;
+use crate::clock::now_ms;
 use crate::home::{Config, Home, MeshFile, default_node_name};
 use crate::net::{NetConfig, NetHandle, Network};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
-use crate::store::{self, StoreConfig, StoreHandle};
-use queue::{NodeFacts, QueueActor, RequestTable};
-pub(crate) use queue::{QueueHandle, now_ms};
+use crate::queue::{NodeFacts, QueueActor, RequestTable};
+use crate::store::{StoreConfig, StoreHandle};
+
+/// How `meshwork node start` runs the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Listen on these multiaddrs; QUIC and TCP on all interfaces when empty.
+    pub listen: Vec<String>,
+    /// Dial these peers' multiaddrs.
+    pub peers: Vec<String>,
+    /// Do not discover peers on the local network.
+    pub no_mdns: bool,
+    /// Neither listen nor dial.
+    pub offline: bool,
+    /// Serve the web dashboard on this address.
+    pub dashboard: Option<String>,
+}
 
 /// `meshwork init`: creates the home, the key and a mesh of one. Run again, it reports the
 /// home as it is.
-pub(crate) fn init(root: &Path, name: Option<&str>) -> anyhow::Result<InitView> {
+pub fn init(root: &Path, name: Option<&str>) -> anyhow::Result<InitView> {
     let home = Home::new(root.to_path_buf());
     if home.is_initialised() {
         return init_view(&home);
@@ -71,7 +94,7 @@ fn init_view(home: &Home) -> anyhow::Result<InitView> {
 }
 
 /// This machine's probe, measured now (`meshwork caps` works without a running node).
-pub(crate) fn local_caps(root: &Path) -> anyhow::Result<Probe> {
+pub fn local_caps(root: &Path) -> anyhow::Result<Probe> {
     let home = Home::new(root.to_path_buf());
     let config = home.load_config().ok();
     Ok(probe_machine(&probe_config(&home, config.as_ref())))
@@ -88,7 +111,7 @@ fn probe_config(home: &Home, config: Option<&Config>) -> ProbeConfig {
 }
 
 /// `meshwork node start`: runs the node in the foreground until it is told to stop.
-pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
+pub fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
     init_tracing();
     if options.dashboard.is_some() {
         warn!("the dashboard is not part of this build yet; --dashboard is ignored");

@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::daemon::{QueueHandle, now_ms};
+use crate::clock::now_ms;
+use crate::queue::QueueHandle;
 pub(crate) use gate::Allowlist;
 pub(crate) use link::sync_bytes;
 
