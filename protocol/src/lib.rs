@@ -6,6 +6,7 @@
 pub mod api;
 pub mod derived_cache;
 pub mod error;
+pub mod event;
 pub mod hlc;
 pub mod identity;
 pub mod invite;

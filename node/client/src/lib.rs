@@ -15,10 +15,15 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshwork_protocol::api::{AGENT_HEADER, REQUEST_ID_HEADER};
 use meshwork_protocol::error::ErrorEnvelope;
+use meshwork_protocol::event::{EVENTS_PATH, EventsQuery, LAST_EVENT_ID_HEADER};
 use meshwork_protocol::route::{EXPORT_PATH, ExportQuery, Method as RouteMethod, PathArgs, Route};
 use meshwork_protocol::storage::{LOCK_FILE_NAME, SOCKET_FILE_NAME};
 use meshwork_protocol::{ErrorBody, ErrorCode};
 use tokio::net::UnixStream;
+
+mod events;
+
+pub use events::EventStream;
 
 /// How long connecting to the node's socket may take.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -134,6 +139,33 @@ impl Client {
         let query = serde_urlencoded::to_string(query)
             .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the query: {error}")))?;
         self.request(Method::GET, &format!("{EXPORT_PATH}?{query}"), None).await
+    }
+
+    /// `GET /v1/events`: the node's events from now on, or after `last_event_id` (what the
+    /// node still keeps of them, with a gap event first when some are gone).
+    pub async fn events(&mut self, query: &EventsQuery, last_event_id: Option<u64>) -> Result<EventStream, ErrorBody> {
+        let query = serde_urlencoded::to_string(query)
+            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the query: {error}")))?;
+        let uri = if query.is_empty() { EVENTS_PATH.to_owned() } else { format!("{EVENTS_PATH}?{query}") };
+        let mut request = self.build_request(Method::GET, &uri, None)?;
+        if let Some(id) = last_event_id {
+            request.headers_mut().insert(LAST_EVENT_ID_HEADER, HeaderValue::from(id));
+        }
+        let opening = async {
+            self.sender.ready().await?;
+            self.sender.send_request(request).await
+        };
+        let response = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), opening).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(unreachable_node(&self.home, &error)),
+            Err(_elapsed) => return Err(no_node(&self.home)),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(EventStream::new(response.into_body()));
+        }
+        let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await;
+        Err(failure_from_answer(status, &body.map(|body| body.to_bytes()).unwrap_or_default()))
     }
 
     /// Sends one request and reads the whole answer within [`REQUEST_TIMEOUT_MS`]. A non-2xx

@@ -4,27 +4,35 @@
 //! typed answer; what each route does is one line in [`router`].
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, RawPathParams, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, patch, post};
 use axum::{Json, Router};
 use meshwork_protocol::api::{AGENT_HEADER, ClaimTask, REQUEST_ID_HEADER, TaskStatus};
 use meshwork_protocol::error::{ErrorBody, ErrorEnvelope};
+use meshwork_protocol::event::{EVENTS_PATH, EventEnvelope, EventFilter, EventsQuery, LAST_EVENT_ID_HEADER};
 use meshwork_protocol::limits::{API_BODY_BYTES_MAX, REQUEST_ID_BYTES_MAX};
 use meshwork_protocol::route::{self, EXPORT_PATH, ExportQuery, Method, PathArgs, Route, Stopping};
 use meshwork_protocol::{AgentName, ErrorCode};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventBus, Subscription};
 use crate::queue::{ExportFormat, Mutation, Query, QueueHandle};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiState {
     pub(crate) queue: QueueHandle,
-    /// Cancelled by `POST /v1/shutdown`.
+    /// Cancelled by `POST /v1/shutdown`; ends every event stream too.
     pub(crate) shutdown: CancellationToken,
+    pub(crate) events: EventBus,
+    /// This node's id: an agent filter keeps the claims made here.
+    pub(crate) node_id: String,
 }
 
 /// Who is speaking, from the request's headers.
@@ -89,7 +97,11 @@ pub(crate) fn router(state: ApiState) -> Router {
             router,
             |s, c, (), read| async move { s.queue.inbox_read(c.agent, read.unread).await },
         );
-    router.route(EXPORT_PATH, get(export)).layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX)).with_state(state)
+    router
+        .route(EXPORT_PATH, get(export))
+        .route(EVENTS_PATH, get(events))
+        .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+        .with_state(state)
 }
 
 /// Registers route `R`: its request decoded from the path, the query or the body, its answer
@@ -177,6 +189,101 @@ async fn export(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> 
         Ok(answer) => answer.into_response(),
         Err(error) => ApiError(error).into_response(),
     }
+}
+
+/// `GET /v1/events`: server-sent events, filtered by `?agent=` and `?kind=`, resumed after
+/// `Last-Event-ID` (or `?after=`). Each event's `id:` is its id and `data:` its JSON.
+async fn events(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
+    let opened = (|| {
+        caller(&headers, false)?;
+        let query: EventsQuery = serde_urlencoded::from_str(uri.query().unwrap_or_default())
+            .map_err(|error| ErrorBody::invalid_input(format!("malformed query: {error}")))?;
+        let filter = EventFilter::new(&query, state.node_id.clone()).map_err(ErrorBody::invalid_input)?;
+        let resume =
+            match headers.get(LAST_EVENT_ID_HEADER) {
+                Some(value) => {
+                    Some(value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok()).ok_or_else(|| {
+                        ErrorBody::invalid_input(format!("{LAST_EVENT_ID_HEADER} is not an event id"))
+                    })?)
+                }
+                None => query.after,
+            };
+        Ok::<_, ErrorBody>((filter, resume))
+    })();
+    let (filter, resume) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return ApiError(error).into_response(),
+    };
+    let subscription = state.events.subscribe(resume);
+    let stream = event_stream(subscription, filter, state.shutdown.clone());
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_millis(EVENTS_KEEP_ALIVE_MS)))
+        .into_response()
+}
+
+/// How often an idle event stream sends a comment, so proxies and clients see it alive.
+const EVENTS_KEEP_ALIVE_MS: u64 = 15_000;
+
+/// The events of one subscription as SSE events: the replay, then the live stream, with a
+/// gap wherever this subscriber fell behind; it ends when the node stops.
+fn event_stream(
+    subscription: Subscription,
+    filter: EventFilter,
+    shutdown: CancellationToken,
+) -> impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>> {
+    struct Reader {
+        replay: std::vec::IntoIter<Arc<EventEnvelope>>,
+        live: broadcast::Receiver<Arc<EventEnvelope>>,
+        filter: EventFilter,
+        shutdown: CancellationToken,
+        /// The id of the last event this subscriber was given or skipped.
+        last_id: Option<u64>,
+        /// Set when the live stream dropped events for this subscriber.
+        lagged: bool,
+    }
+    let last_id = subscription.replay.last().map(|envelope| envelope.id);
+    let reader = Reader {
+        replay: subscription.replay.into_iter(),
+        live: subscription.live,
+        filter,
+        shutdown,
+        last_id,
+        lagged: false,
+    };
+    futures::stream::unfold(reader, |mut reader| async move {
+        loop {
+            let envelope = match reader.replay.next() {
+                Some(envelope) => envelope,
+                None => {
+                    let received = tokio::select! {
+                        received = reader.live.recv() => received,
+                        () = reader.shutdown.cancelled() => return None,
+                    };
+                    match received {
+                        Ok(envelope) if std::mem::take(&mut reader.lagged) => {
+                            let after = reader.last_id.unwrap_or(0);
+                            let missed = crate::events::gap(after, envelope.id);
+                            // The gap first; the event itself comes on the next turn.
+                            reader.replay = vec![envelope].into_iter();
+                            missed
+                        }
+                        Ok(envelope) => envelope,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            reader.lagged = true;
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            };
+            reader.last_id = Some(envelope.id);
+            if !reader.filter.wants(&envelope.event) {
+                continue;
+            }
+            let data = serde_json::to_string(&*envelope).unwrap_or_default();
+            return Some((Ok(SseEvent::default().id(envelope.id.to_string()).data(data)), reader));
+        }
+    })
 }
 
 /// A failure as the API answers it.

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod clock;
+mod events;
 mod home;
 mod mesh;
 mod net;
@@ -25,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use meshwork_crdt::events::EventDigest;
 use meshwork_crdt::{CacheUse, QueueDoc, Replica};
 use meshwork_protocol::api::InitView;
 use meshwork_protocol::storage::Frame;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::events::EventBus;
 use crate::home::{Config, Home, MeshFile, default_node_name};
 use crate::net::{NetConfig, NetHandle, Network};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
@@ -164,6 +167,8 @@ struct Recovery {
     store: StoreHandle,
     requests: RequestTable,
     skipped: Vec<String>,
+    /// This start's boot number: it orders actor ids and event ids.
+    boot: u32,
 }
 
 fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
@@ -216,12 +221,21 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
         );
     }
     let store = StoreHandle::spawn(writer)?;
-    Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped })
+    Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped, boot })
 }
 
 /// The queue actor over a recovered replica, before it runs.
-fn queue_actor(home: &Home, key: Arc<NodeKey>, config: &Config, recovery: Recovery, net: NetHandle) -> QueueActor {
+fn queue_actor(
+    home: &Home,
+    key: Arc<NodeKey>,
+    config: &Config,
+    recovery: Recovery,
+    net: NetHandle,
+    events: EventBus,
+) -> QueueActor {
     QueueActor {
+        digest: EventDigest::of(&recovery.replica),
+        events,
         replica: recovery.replica,
         key,
         store: recovery.store,
@@ -253,7 +267,8 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let recovery = recover(&home, &key)?;
     info!(node_id = %key.node_id(), tasks = recovery.replica.tasks().len(), "recovered the queue");
     let (net, net_commands) = NetHandle::new(network.is_none());
-    let actor = queue_actor(&home, Arc::clone(&key), &config, recovery, net.clone());
+    let events = EventBus::new(recovery.boot);
+    let actor = queue_actor(&home, Arc::clone(&key), &config, recovery, net.clone(), events.clone());
     // With no probe of this machine in the document yet (a first start), gates could refuse
     // every task with requirements: probe before serving. Later starts serve at once with
     // the stored probe and refresh it in the background.
@@ -267,7 +282,7 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let network_task = match network {
         Some(config) => {
-            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist)?;
+            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist, events.clone())?;
             Some(tokio::spawn(network.run(net_commands, shutdown.clone())))
         }
         None => {
@@ -277,7 +292,12 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
         }
     };
     let listener = bind_socket(&home)?;
-    let router = api::router(api::ApiState { queue: queue.clone(), shutdown: shutdown.clone() });
+    let router = api::router(api::ApiState {
+        queue: queue.clone(),
+        shutdown: shutdown.clone(),
+        events,
+        node_id: key.node_id().to_string(),
+    });
     let server =
         tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stop_signal(shutdown.clone())).into_future());
     let mode = if network_task.is_some() { "online" } else { "offline" };

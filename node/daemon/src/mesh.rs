@@ -398,6 +398,11 @@ impl QueueActor {
         for error in &duties.errors {
             warn!(%error, "a duty after the merge was not written");
         }
+        // The events of the merge and of the duties' own changes (votes can make a quorum
+        // claim count), told before the duties are durable: they describe the replica.
+        let mut told = touched.clone();
+        told.tasks.extend(duties.acks.iter().map(|ack| ack.task.clone()));
+        self.publish_events(&told, &duties.notices);
         if duties.changes.is_empty() {
             return;
         }
@@ -504,6 +509,7 @@ impl QueueActor {
             return Err(refuse(ErrorCode::Internal, "the inviter could not store the membership record"));
         }
         info!(%peer, "admitted a new member");
+        self.publish_events(&Touched { members: true, ..Touched::default() }, &[]);
         self.send_allowlist();
         Ok(self.replica.doc().save())
     }
@@ -638,6 +644,8 @@ impl QueueActor {
             warn!(error = %format!("{error:#}"), "could not update mesh.json");
         }
         info!(mesh = %token.mesh, inviter = %token.inviter, "joined the mesh");
+        // Another mesh's queue: its state is the starting point, not news.
+        self.digest = meshwork_crdt::events::EventDigest::of(&self.replica);
         self.send_allowlist();
         Ok(self.joined_view(&token.inviter))
     }
@@ -779,7 +787,8 @@ mod tests {
         let changes = recovery.replica.change_membership(&key, membership, now_ms()).unwrap();
         recovery.store.write(vec![Frame::Changes(changes)]).await.unwrap();
         let (net, commands) = NetHandle::new(false);
-        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone()).spawn();
+        let events = crate::events::EventBus::new(recovery.boot);
+        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone(), events).spawn();
         (dir, queue, commands, net)
     }
 
@@ -863,7 +872,9 @@ mod tests {
             members: [key.node_id(), member].iter().map(|node| node.peer_id().unwrap()).collect(),
             invites_open_until_ms: 0,
         };
-        let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
+        let network =
+            crate::net::Network::new(&key, &config, queue, net.clone(), allow, crate::events::EventBus::new(1))
+                .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(network.run(commands, stop.clone()));
         let mut listen = None;

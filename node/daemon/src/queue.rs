@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshwork_crdt::{Applied, OpError, Replica, Speaker};
+use meshwork_crdt::events::EventDigest;
+use meshwork_crdt::inbox::Notice;
+use meshwork_crdt::{Applied, OpError, Replica, Speaker, Touched};
 use meshwork_protocol::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::event::Event;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
@@ -22,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::events::EventBus;
 use crate::store::StoreHandle;
 
 /// Requests waiting for the actor.
@@ -210,6 +214,9 @@ impl RequestTable {
 /// Everything the actor owns.
 pub(crate) struct QueueActor {
     pub(crate) replica: Replica,
+    /// What the last published events were derived from.
+    pub(crate) digest: EventDigest,
+    pub(crate) events: EventBus,
     pub(crate) key: Arc<NodeKey>,
     pub(crate) store: StoreHandle,
     pub(crate) requests: RequestTable,
@@ -250,7 +257,18 @@ impl QueueActor {
     }
 
     async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
-        while let Some(command) = receiver.recv().await {
+        loop {
+            // Lease events come from the clock: wake when the next one is due.
+            let lease_due_ms = self.digest.next_lease_event_ms();
+            let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
+            let command = tokio::select! {
+                command = receiver.recv() => command,
+                () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
+                    self.publish_lease_events();
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::Mutate { agent, request_id, mutation, reply } => {
                     self.mutate(agent, request_id, *mutation, reply).await
@@ -310,6 +328,11 @@ impl QueueActor {
                 warn!(%error, "a duty after a local operation was not written");
             }
             frames.extend(duties.changes.into_iter().map(Frame::Changes));
+            let touched = Touched {
+                tasks: duties.acks.iter().map(|ack| ack.task.clone()).chain([applied.task.clone()]).collect(),
+                ..Touched::default()
+            };
+            self.publish_events(&touched, &duties.notices);
         }
         // A quorum claim's answer is known only once its majority arrived (or did not).
         let quorum_timeout_ms = match &mutation {
@@ -559,6 +582,30 @@ impl QueueActor {
         }
     }
 
+    /// Publishes the events of what `touched` changed in the replica since the last events,
+    /// and one `message_arrived` per notice this node wrote for its agents.
+    pub(crate) fn publish_events(&mut self, touched: &Touched, notices: &[Notice]) {
+        let mut events = self.digest.advance(&self.replica, touched);
+        events.extend(notices.iter().map(|notice| Event::MessageArrived {
+            agent: notice.to.agent.to_string(),
+            message_id: notice.id.clone(),
+            from: notice.message.from.clone(),
+            subject: notice.message.subject.clone(),
+            priority: notice.message.priority.clone(),
+        }));
+        events.extend(self.digest.lease_events(now_ms()));
+        if !events.is_empty() {
+            self.events.publish(events);
+        }
+    }
+
+    fn publish_lease_events(&mut self) {
+        let events = self.digest.lease_events(now_ms());
+        if !events.is_empty() {
+            self.events.publish(events);
+        }
+    }
+
     /// The task as the replica now derives it.
     fn task_answer(&self, id: &TaskId) -> Answer {
         let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
@@ -668,6 +715,7 @@ impl QueueActor {
         match self.replica.publish_probe(&key, probe, now_ms()) {
             Ok(Some(changes)) => {
                 info!("publishing this machine's probe");
+                self.publish_events(&Touched { probes: true, ..Touched::default() }, &[]);
                 self.write_then_answer(vec![Frame::Changes(changes)], Ok(()), reply).await;
             }
             Ok(None) => {

@@ -18,6 +18,7 @@ use meshwork_protocol::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, RemoveMember, TaskNote,
     TaskStatus, TaskView,
 };
+use meshwork_protocol::event::EventsQuery;
 use meshwork_protocol::route::{self, Empty, ExportQuery, ListTasks, ReadyQuery, Route};
 use meshwork_protocol::time::parse_duration_ms;
 use meshwork_protocol::{ErrorBody, ErrorCode};
@@ -149,6 +150,18 @@ pub(crate) enum Command {
     Inbox {
         #[command(subcommand)]
         command: InboxCommand,
+    },
+    /// Print the node's events as they happen (--agent: only that agent's claims and messages)
+    Watch {
+        /// Only events of this kind (task_created, task_changed, task_ready, task_claimed,
+        /// task_finished, claim_won, claim_lost, claim_taken_over, lease_expiring,
+        /// lease_expired, message_arrived, peer_connected, peer_disconnected, member_added,
+        /// member_removed, probe_changed, gap); may repeat
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Resume after this event id (the last one printed): what the node still keeps
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
     },
     /// Show this machine's capability probe
     Caps,
@@ -764,12 +777,39 @@ async fn dispatch(session: &Session<'_>, command: Command) -> Result<(), ErrorBo
         Command::Inbox { command: InboxCommand::Read { unread } } => {
             session.call::<route::Inbox>((), InboxRead { unread }, |messages| output::messages(messages)).await
         }
+        Command::Watch { kinds, after } => watch(global, home, kinds, after).await,
         Command::Init { .. }
         | Command::Node { command: NodeCommand::Start(_) }
         | Command::Caps
         | Command::Bench { .. }
         | Command::Export(_) => Err(ErrorBody::new(ErrorCode::Internal, "this command needs no request")),
     }
+}
+
+/// `meshwork watch`: one line per event (one JSON object under `--json`) until the node
+/// stops, which is `NODE_UNAVAILABLE` naming the last event id to resume after.
+async fn watch(global: &GlobalOptions, home: &Path, kinds: Vec<String>, after: Option<u64>) -> Result<(), ErrorBody> {
+    let query = EventsQuery {
+        agent: global.agent.clone().filter(|agent| !agent.is_empty()),
+        kind: (!kinds.is_empty()).then(|| kinds.join(",")),
+        after: None,
+    };
+    let mut client = connect(global, home).await?;
+    let mut stream = client.events(&query, after).await?;
+    let mut last_id = after;
+    while let Some(envelope) = stream.next().await {
+        let envelope = envelope?;
+        last_id = Some(envelope.id);
+        let line = if global.json {
+            serde_json::to_string(&envelope).map_err(|error| internal("cannot encode the event", error))? + "\n"
+        } else {
+            output::event(&envelope)
+        };
+        output::print_text(&line)?;
+    }
+    let resume = last_id.map(|id| format!("; resume with `meshwork watch --after {id}`")).unwrap_or_default();
+    Err(ErrorBody::new(ErrorCode::NodeUnavailable, format!("the node for {} stopped{resume}", home.display()))
+        .retryable())
 }
 
 async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result<(), ErrorBody> {

@@ -9,6 +9,7 @@ use meshwork_protocol::api::{
     HandoffView, InitView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
+use meshwork_protocol::event::{Event, EventEnvelope};
 use meshwork_protocol::{ErrorBody, ErrorCode, Probe};
 
 /// Longest title a task table shows, in characters; longer ones end in `…`.
@@ -425,6 +426,43 @@ fn truncate(text: &str, chars_max: usize) -> String {
 
 /// The tail of a node id (`…Ab3dEf9q`): every ed25519 PeerId begins `12D3KooW`, so the end
 /// tells them apart.
+/// One event for people: its time of day, kind, and what it is about.
+pub(crate) fn event(envelope: &EventEnvelope) -> String {
+    let time = envelope.at.get(11..23).unwrap_or(&envelope.at);
+    let who = |agent: &Option<String>, node_id: &str| match agent {
+        Some(agent) => format!("{agent}@{}", short_node_id(node_id)),
+        None => short_node_id(node_id),
+    };
+    let about = match &envelope.event {
+        Event::TaskCreated { task, title } => format!("{task} {title:?}"),
+        Event::TaskChanged { task, status } => format!("{task} ({})", status.as_str()),
+        Event::TaskReady { task } => task.clone(),
+        Event::TaskClaimed { task, agent, node_id, .. } => format!("{task} by {}", who(agent, node_id)),
+        Event::TaskFinished { task, status } => format!("{task} {}", status.as_str()),
+        Event::ClaimWon { task, agent, node_id, .. } => format!("{task} {} holds it after all", who(agent, node_id)),
+        Event::ClaimLost { task, agent, node_id, reason, .. } => format!("{task} {}: {reason}", who(agent, node_id)),
+        Event::ClaimTakenOver { task, agent, node_id, .. } => format!("{task} from {}", who(agent, node_id)),
+        Event::LeaseExpiring { task, agent, node_id, lease_until } => {
+            format!("{task} {} until {lease_until}; renew it", who(agent, node_id))
+        }
+        Event::LeaseExpired { task, agent, node_id, since } => {
+            format!("{task} {} since {since}; the task is stale", who(agent, node_id))
+        }
+        Event::MessageArrived { agent, from, subject, priority, .. } => {
+            format!("to {agent} from {from} ({priority}): {subject}")
+        }
+        Event::PeerConnected { node_id }
+        | Event::PeerDisconnected { node_id }
+        | Event::MemberRemoved { node_id }
+        | Event::ProbeChanged { node_id } => short_node_id(node_id),
+        Event::MemberAdded { node_id, name } => format!("{name} ({})", short_node_id(node_id)),
+        Event::Gap { after, before } => {
+            format!("events after {after} and before {before} are gone; read the state afresh")
+        }
+    };
+    format!("{time} {} {about}\n", envelope.event.kind())
+}
+
 fn short_node_id(node_id: &str) -> String {
     const TAIL_CHARS: usize = 8;
     let count = node_id.chars().count();
