@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use meshwork_crdt::events::EventDigest;
 use meshwork_crdt::inbox::Notice;
 use meshwork_crdt::{Applied, OpError, Replica, Speaker, Touched};
+use meshwork_protocol::NodeId;
 use meshwork_protocol::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
 };
+use meshwork_protocol::api::{InviteView, JoinedView, MessageView};
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::event::Event;
+use meshwork_protocol::invite::InviteToken;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
@@ -26,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::events::EventBus;
+use crate::net::NetEvent;
 use crate::store::StoreHandle;
 
 /// Requests waiting for the actor.
@@ -97,13 +101,13 @@ pub(super) enum Command {
     Stop {
         reply: oneshot::Sender<()>,
     },
-    Mesh(Box<crate::mesh::MeshCommand>),
+    Mesh(Box<MeshCommand>),
     /// A claim's settle time passed: check it still wins, then answer.
     Settled(Box<SettledClaim>),
 }
 
 /// A claim waiting out its settle time.
-pub(super) struct SettledClaim {
+pub(crate) struct SettledClaim {
     agent: AgentName,
     task: TaskId,
     request_key: Option<String>,
@@ -116,8 +120,44 @@ pub(super) struct SettledClaim {
     kept: bool,
 }
 
-/// How often a quorum claim looks whether its majority arrived.
-const QUORUM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// What the network and the API ask of the actor about the mesh.
+#[derive(Debug)]
+pub(crate) enum MeshCommand {
+    /// Local changes became durable: offer them to every connected peer.
+    Push,
+    Invite {
+        ttl_ms: Option<u64>,
+        reply: Reply<InviteView>,
+    },
+    Join {
+        token: String,
+        reply: Reply<JoinedView>,
+    },
+    Adopt {
+        token: InviteToken,
+        document: Vec<u8>,
+        reply: Reply<JoinedView>,
+    },
+    Remove {
+        node: NodeId,
+        reply: Reply<Vec<MemberView>>,
+    },
+    InboxRead {
+        agent: AgentName,
+        unread: bool,
+        reply: Reply<Vec<MessageView>>,
+    },
+}
+
+/// One open sync link: its id (a newer link to the same peer replaces it) and its frames.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    pub(crate) sender: mpsc::Sender<Vec<u8>>,
+    /// When a frame went out that the peer has not answered yet: the time to its next frame
+    /// is a round trip through both nodes' queues, which the claim settle time must cover.
+    pub(crate) awaiting_since: Option<std::time::Instant>,
+}
 
 /// A cloneable handle on the queue actor.
 #[derive(Debug, Clone)]
@@ -216,6 +256,9 @@ pub(crate) struct QueueActor {
     pub(crate) replica: Replica,
     /// What the last published events were derived from.
     pub(crate) digest: EventDigest,
+    /// Quorum claims waiting for their majority: looked at again after every merge and at
+    /// their deadline.
+    pub(crate) quorum_waiting: Vec<SettledClaim>,
     pub(crate) events: EventBus,
     pub(crate) key: Arc<NodeKey>,
     pub(crate) store: StoreHandle,
@@ -232,9 +275,9 @@ pub(crate) struct QueueActor {
     /// The sync engine: one session per connected member.
     pub(crate) engine: meshwork_crdt::sync::SyncEngine,
     /// The open sync link per peer.
-    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, crate::mesh::Link>,
+    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, Link>,
     pub(crate) net: crate::net::NetHandle,
-    pub(crate) invites: crate::mesh::Invites,
+    pub(crate) invites: crate::invites::Invites,
     /// Set while a push is queued, so a burst of durable writes makes one push, not one each.
     pub(crate) push_queued: Arc<AtomicBool>,
     /// The actor's own command channel, for work that comes back to it (pushes, settles).
@@ -249,22 +292,33 @@ impl std::fmt::Debug for QueueActor {
 
 impl QueueActor {
     /// Starts the actor on the current tokio runtime.
-    pub(crate) fn spawn(mut self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+    /// Starts the actor on the current tokio runtime; it also takes what the network hears.
+    pub(crate) fn spawn(mut self, heard: mpsc::Receiver<NetEvent>) -> (QueueHandle, tokio::task::JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
         self.commands = commands.downgrade();
-        let task = tokio::spawn(self.run(receiver));
+        let span = tracing::info_span!("queue", node = %self.replica.node());
+        let task = tokio::spawn(tracing::Instrument::instrument(self.run(receiver, heard), span));
         (QueueHandle { commands }, task)
     }
 
-    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Command>, mut heard: mpsc::Receiver<NetEvent>) {
         loop {
             // Lease events come from the clock: wake when the next one is due.
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
+            let quorum_deadline = self.quorum_waiting.iter().filter_map(|settled| settled.quorum_deadline).min();
             let command = tokio::select! {
                 command = receiver.recv() => command,
+                Some(event) = heard.recv() => {
+                    self.on_net(event).await;
+                    continue;
+                }
                 () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
                     self.publish_lease_events();
+                    continue;
+                }
+                () = tokio::time::sleep_until(quorum_deadline.unwrap_or_else(tokio::time::Instant::now)), if quorum_deadline.is_some() => {
+                    self.recheck_quorum_waiting().await;
                     continue;
                 }
             };
@@ -409,12 +463,8 @@ impl QueueActor {
         });
         if let (Some(tally), Some(deadline)) = (tally, settled.quorum_deadline) {
             if tokio::time::Instant::now() < deadline {
-                if let Some(commands) = self.commands.upgrade() {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(QUORUM_POLL).await;
-                        let _ = commands.send(Command::Settled(Box::new(settled))).await;
-                    });
-                }
+                // Votes arrive by merges: the next merge, or the deadline, looks again.
+                self.quorum_waiting.push(settled);
                 return;
             }
             let pending: Answer = Err(ErrorBody::new(
@@ -446,6 +496,14 @@ impl QueueActor {
         self.answer_settled(settled, lost).await;
     }
 
+    /// Looks again at every quorum claim waiting for its majority: answered once it counts,
+    /// lost, or past its deadline; still waiting otherwise.
+    pub(crate) async fn recheck_quorum_waiting(&mut self) {
+        for settled in std::mem::take(&mut self.quorum_waiting) {
+            self.settled(settled).await;
+        }
+    }
+
     /// Answers a settled claim, keeping the answer for its request id (which was not kept
     /// when the claim was written, or which this answer replaces).
     async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer) {
@@ -461,7 +519,7 @@ impl QueueActor {
     }
 
     /// Hands frames to the store and answers once they are durable.
-    async fn write_then_answer<T: Send + 'static>(
+    pub(crate) async fn write_then_answer<T: Send + 'static>(
         &mut self,
         frames: Vec<Frame>,
         answer: Result<T, ErrorBody>,
@@ -483,7 +541,7 @@ impl QueueActor {
             let answer = match durable.await {
                 Ok(Ok(())) => {
                     if let Some(commands) = push.filter(|_| !push_queued.swap(true, Ordering::AcqRel)) {
-                        let _ = commands.send(Command::Mesh(Box::new(crate::mesh::MeshCommand::Push))).await;
+                        let _ = commands.send(Command::Mesh(Box::new(MeshCommand::Push))).await;
                     }
                     answer
                 }
