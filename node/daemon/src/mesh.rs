@@ -199,7 +199,7 @@ impl QueueActor {
                 }
                 SyncOutput::Close { peer, reason } => self.close_link(peer, &reason),
                 SyncOutput::Persist { changes } => self.persist_received(changes).await,
-                SyncOutput::PersistPeerState { peer, state } => self.save_sync_state(&peer, &state),
+                SyncOutput::PersistPeerState { peer, state } => self.save_sync_state(&peer, &state).await,
                 SyncOutput::Changed(touched) => self.after_merge(&touched).await,
             }
         }
@@ -212,16 +212,10 @@ impl QueueActor {
         self.net.send(NetCommand::Disconnect(peer));
     }
 
-    fn save_sync_state(&self, peer: &NodeId, state: &[u8]) {
-        let path = self.sync_state_path(peer);
-        let saved = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| crate::home::write_atomically(&path, state));
-        if let Err(error) = saved {
-            warn!(%peer, error = %format!("{error:#}"), "could not save the sync state (the next sync starts afresh)");
-        }
+    /// Hands the peer's sync state to the store's thread; a write that fails is logged there
+    /// and costs only a fresh sync next time.
+    async fn save_sync_state(&self, peer: &NodeId, state: &[u8]) {
+        let _durable = self.store.replace_file(self.sync_state_path(peer), state.to_vec()).await;
     }
 
     /// Changes from a peer: queued to the log now, in the order received (before any later

@@ -574,7 +574,7 @@ impl QueueActor {
         match done.await {
             Ok(Ok(())) => {
                 self.needs_snapshot = false;
-                self.write_start_caches();
+                self.write_start_caches().await;
                 true
             }
             Ok(Err(error)) => {
@@ -590,21 +590,19 @@ impl QueueActor {
     /// signature checks, and the derived state with the document's heads, so a next start
     /// that loads the same document skips deriving it. Caches: failing to write one costs the
     /// next start time, nothing else. Both caches live in the home, beside each other.
-    fn write_start_caches(&self) {
+    ///
+    /// The store's thread writes them (in order after the snapshot), so the actor never waits
+    /// for their fsyncs; a failed write is logged there.
+    async fn write_start_caches(&self) {
         let bytes = meshwork_protocol::verified_cache::encode_verified_cache(self.replica.verified_records());
-        if let Err(error) = crate::home::write_atomically(&self.verified_cache, &bytes) {
-            warn!(error = %format!("{error:#}"), "could not write the verified-records cache");
-        }
-        let Some(home) = self.verified_cache.parent() else { return };
-        let path = crate::home::Home::new(home.to_path_buf()).derived_cache_path();
+        let _durable = self.store.replace_file(self.verified_cache.clone(), bytes).await;
         // The replica refreshes its derived state with every change it makes or takes in, so
         // the state written is that of the document's heads now, which the cache names.
-        let written = match self.replica.encode_derived_cache() {
-            Ok(bytes) => crate::home::write_atomically(&path, &bytes),
-            Err(error) => Err(anyhow::Error::new(error)),
-        };
-        if let Err(error) = written {
-            warn!(error = %format!("{error:#}"), "could not write the derived-state cache");
+        match self.replica.encode_derived_cache() {
+            Ok(bytes) => {
+                let _durable = self.store.replace_file(self.home.derived_cache_path(), bytes).await;
+            }
+            Err(error) => warn!(%error, "could not encode the derived-state cache"),
         }
     }
 
@@ -796,7 +794,7 @@ impl QueueActor {
         if self.store.counters().log_bytes > COMPACT_ON_STOP_LOG_BYTES || self.needs_snapshot {
             self.write_snapshot().await;
         } else {
-            self.write_start_caches();
+            self.write_start_caches().await;
         }
         if let Err(error) = self.store.shutdown().await {
             warn!(%error, "the store did not stop cleanly");
