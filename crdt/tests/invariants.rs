@@ -11,6 +11,7 @@ use meshwork_crdt::resolve::{StoredRecord, TaskState};
 use meshwork_crdt::test_support::node_key;
 use meshwork_crdt::{Replica, Speaker};
 use meshwork_protocol::api::{AddTask, TaskStatus};
+use meshwork_protocol::limits::ATTEMPTS_DEFAULT;
 use meshwork_protocol::record::{Claim, Membership, MembershipAction, RECORD_VERSION};
 use meshwork_protocol::{AgentName, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId};
 use proptest::prelude::*;
@@ -94,6 +95,8 @@ fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u
                 lease_ms: LEASE_MS,
                 probe: None,
                 quorum: false,
+                requires: Vec::new(),
+                max_attempts: ATTEMPTS_DEFAULT,
             }),
             (kind, false) => {
                 let claim = own_claims[step.target % own_claims.len()];
@@ -318,6 +321,8 @@ fn make_quorum_changes(keys: &[NodeKey], base: &[u8], task: &TaskId, plan: &[Quo
                 lease_ms: LEASE_MS,
                 probe: None,
                 quorum,
+                requires: Vec::new(),
+                max_attempts: ATTEMPTS_DEFAULT,
             })
         };
         let body = match step.kind {

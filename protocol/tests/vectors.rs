@@ -320,7 +320,8 @@ fn legacy_claim_vector(key: &NodeKey, mesh: MeshId) -> Vector {
         requires: Vec::new(),
         max_attempts: 0,
     };
-    let record = Record { version: RECORD_VERSION_LEGACY, ..record(key, mesh, Some(agent()), stamp, RecordBody::Claim(claim)) };
+    let record =
+        Record { version: RECORD_VERSION_LEGACY, ..record(key, mesh, Some(agent()), stamp, RecordBody::Claim(claim)) };
     let signed = SignedRecord::sign(record.clone(), key).expect("a version-1 claim signs");
     let mut vector = Vector::new("claim-v1");
     push_header_inputs(&mut vector, mesh, &record);
