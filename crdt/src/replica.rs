@@ -19,7 +19,7 @@ use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, no
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::ready::{self, ReadyInput};
-use crate::resolve::{Holder, ResolveContext, StoredRecord, TaskState, claim_terms, resolve};
+use crate::resolve::{Holder, ResolveContext, StoredRecord, TaskState, claim_terms, resolve, sabotage};
 use crate::task::TaskFields;
 
 /// One task as the replica knows it.
@@ -398,7 +398,8 @@ impl Replica {
             .tasks
             .values()
             .filter(|entry| {
-                let stale = self.stale_holder(entry, now_ms).is_some();
+                let stale = self.stale_holder(entry, now_ms).is_some()
+                    && !sabotage::is_broken(sabotage::BrokenRule::StaleNotOffered);
                 ready::is_claimable(self.ready_input(entry), stale, |id| self.status_of(id))
             })
             .collect();

@@ -297,7 +297,8 @@ pub struct ClaimTerms<'a> {
 /// The terms of `claim` on the task of `fields`. A claim of record version 1 names none; it
 /// is judged, as it always was, by the task's fields as they are now.
 pub fn claim_terms<'a>(fields: &'a TaskFields, claim: &'a Claim) -> ClaimTerms<'a> {
-    if claim.names_terms() {
+    let judged_by_fields = sabotage::is_broken(sabotage::BrokenRule::ClaimsJudgedByFields);
+    if claim.names_terms() && !judged_by_fields {
         ClaimTerms { requires: &claim.requires, max_attempts: claim.max_attempts }
     } else {
         ClaimTerms { requires: &fields.requires, max_attempts: fields.max_attempts }
@@ -811,6 +812,13 @@ pub mod sabotage {
         /// A `done` finishes the task only while its claim is the winner, so a winning claim
         /// that arrives late turns a done task back into a claimed one (breaks invariant 4).
         DoneNeedsWinningClaim,
+        /// Every claim is judged by the task's current fields instead of the terms it names,
+        /// so an edit of the requirements ejects a holder or voids a `done` (the defect of
+        /// judging claims by editable fields; breaks invariant 4).
+        ClaimsJudgedByFields,
+        /// `ready_tasks_at` leaves stale tasks out, so a task whose holder vanished is never
+        /// taken over by `claim --next`.
+        StaleNotOffered,
     }
 
     thread_local! {
@@ -843,6 +851,8 @@ mod sabotage {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum BrokenRule {
         DoneNeedsWinningClaim,
+        ClaimsJudgedByFields,
+        StaleNotOffered,
     }
 
     pub(crate) const fn is_broken(_rule: BrokenRule) -> bool {

@@ -911,7 +911,7 @@ impl Sim {
         let op = match &self.nodes[node].live {
             Some(live) if self.nodes[node].joined && !(finishing && self.nodes[node].removed) => {
                 if finishing {
-                    workload::finishing(&mut self.rng, &live.replica, &agent, wall)
+                    workload::finishing(&live.replica, &agent, wall)
                 } else {
                     Some(workload::busy(&mut self.rng, &live.replica, &agent, wall, self.scenario.quorum_percent))
                 }

@@ -180,7 +180,7 @@ fn add(rng: &mut Pcg64Mcg, all: &[TaskId]) -> Op {
 
 /// The next operation of `agent` once the mesh is healed: finish everything that can be
 /// finished (liveness), taking over what was abandoned: `claim --next` takes stale tasks too.
-pub fn finishing(rng: &mut Pcg64Mcg, replica: &Replica, agent: &AgentName, wall_ms: u64) -> Option<Op> {
+pub fn finishing(replica: &Replica, agent: &AgentName, wall_ms: u64) -> Option<Op> {
     if let Some(task) = held_by(replica, agent).first() {
         return Some(Op::Done { task: task.clone() });
     }
@@ -193,8 +193,7 @@ pub fn finishing(rng: &mut Pcg64Mcg, replica: &Replica, agent: &AgentName, wall_
     if let Some(task) = waiting.first() {
         return Some(Op::Approve { task: task.clone() });
     }
-    if replica.ready_tasks_at(wall_ms).iter().any(|entry| replica.unmet_here(entry).is_empty()) {
-        return Some(Op::ClaimNext);
-    }
-    pick(rng, &expired(replica, wall_ms)).map(|task| Op::TakeOver { task })
+    // As a worker does (`meshwork work`): `claim --next` is the only way it finds work, stale
+    // work included, so a stale task left behind means `ready`/`claim --next` missed it.
+    replica.ready_tasks_at(wall_ms).iter().any(|entry| replica.unmet_here(entry).is_empty()).then_some(Op::ClaimNext)
 }
