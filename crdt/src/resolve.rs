@@ -847,7 +847,7 @@ pub mod sabotage {
 
 /// Without the `test-support` feature no rule can be broken: the check is a constant.
 #[cfg(not(feature = "test-support"))]
-mod sabotage {
+pub(crate) mod sabotage {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum BrokenRule {
         DoneNeedsWinningClaim,
