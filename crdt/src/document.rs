@@ -369,6 +369,9 @@ pub struct Touched {
     pub probes: bool,
     pub meta: bool,
     pub inbox: bool,
+    /// Inbox keys of messages put (`agent@node/message_id`), not of their marks: what the
+    /// event stream announces as arrived.
+    pub messages: BTreeSet<String>,
 }
 
 impl Touched {
@@ -401,6 +404,12 @@ impl Touched {
             self.meta = true;
         } else if patch.obj == maps.inbox || patch.path.iter().any(|(object, _)| *object == maps.inbox) {
             self.inbox = true;
+            // A message is `agent@node/id`; its marks are `agent@node/id/mark`.
+            if let (PatchAction::PutMap { key, .. }, true) = (&patch.action, patch.obj == maps.inbox)
+                && key.matches('/').count() == 1
+            {
+                self.messages.insert(key.clone());
+            }
         }
     }
 }
@@ -503,6 +512,7 @@ mod tests {
                 touched.probes |= more.probes;
                 touched.meta |= more.meta;
                 touched.inbox |= more.inbox;
+                touched.messages.extend(more.messages);
             }
         }
         assert_eq!(left.heads(), right.heads(), "the sync ran to the end");

@@ -189,11 +189,4 @@ struct Export {
     tasks: Vec<TaskView>,
 }
 
-/// A member as `mesh members --json` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct MemberView {
-    pub node_id: String,
-    pub name: String,
-    pub added_by: String,
-    pub added_at: String,
-}
+pub use meshwork_protocol::api::MemberView;

@@ -7,6 +7,7 @@
 pub mod derived_cache;
 pub mod document;
 pub mod duties;
+pub mod events;
 pub mod export;
 pub mod fields;
 pub mod gate;

@@ -329,13 +329,13 @@ pub struct InviteRequest {
 }
 
 /// `POST /v1/mesh/join`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinMesh {
     pub token: String,
 }
 
 /// `POST /v1/mesh/remove`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveMember {
     pub node_id: String,
 }
@@ -365,6 +365,15 @@ pub struct InitView {
     pub name: String,
     pub home: String,
     pub mesh_id: String,
+}
+
+/// A member as `mesh members --json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node_id: String,
+    pub name: String,
+    pub added_by: String,
+    pub added_at: String,
 }
 
 /// One message of an agent's inbox.

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod derived_cache;
 pub mod error;
+pub mod event;
 pub mod hlc;
 pub mod identity;
 pub mod invite;
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod probe;
 pub mod record;
 pub mod requirement;
+pub mod route;
 pub mod task_id;
 pub mod task_spec;
 pub mod time;

@@ -45,6 +45,10 @@ use std::ops::Range;
 
 /// The directory of the home that holds the document store.
 pub const DOC_DIR_NAME: &str = "doc";
+/// The Unix socket of the home on which the node serves its local API (mode 0600).
+pub const SOCKET_FILE_NAME: &str = "node.sock";
+/// The file of the home a running node holds an exclusive lock on; free once it exited.
+pub const LOCK_FILE_NAME: &str = "node.lock";
 /// The file of the home that holds the boot counter.
 pub const BOOT_FILE_NAME: &str = "boot";
 /// Suffix of a file being written: the node writes `NAME.tmp`, fsyncs it, then renames it to

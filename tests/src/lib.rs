@@ -1,7 +1,7 @@
 //! A harness for black-box tests: real `meshwork` processes in temporary homes.
 //!
 //! The test files in `tests/tests/` are targets of the `meshwork` package (see
-//! node/Cargo.toml), so they pass the real binary's path, `env!("CARGO_BIN_EXE_meshwork")`.
+//! node/meshwork/Cargo.toml), so they pass the real binary's path, `env!("CARGO_BIN_EXE_meshwork")`.
 
 pub mod netns;
 
@@ -184,6 +184,31 @@ impl TestNode {
         }
     }
 
+    /// Starts `meshwork watch --json ARGS` against this home as `agent` (none: every agent's
+    /// events); its lines arrive on the returned [`Watcher`] as they are printed.
+    pub fn watch(&self, agent: Option<&str>, args: &[&str]) -> Watcher {
+        let mut command = Command::new(&self.bin);
+        command.arg("watch").arg("--json").args(args).arg("--home").arg(self.home.path()).env_remove("MESHWORK_HOME");
+        match agent {
+            Some(agent) => command.env("MESHWORK_AGENT", agent),
+            None => command.env_remove("MESHWORK_AGENT"),
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start meshwork watch");
+        let stdout = child.stdout.take().expect("watch has a stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let event: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if sender.send(WatchedEvent { arrived: std::time::SystemTime::now(), event }).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines }
+    }
+
     /// Runs the CLI with `--json` and expects success; returns the JSON.
     pub fn ok(&self, args: &[&str]) -> Value {
         let mut with_json = args.to_vec();
@@ -234,6 +259,61 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A running `meshwork watch --json`, killed on drop.
+#[derive(Debug)]
+pub struct Watcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<WatchedEvent>,
+}
+
+/// One line of `watch --json` and when the test read it.
+#[derive(Debug, Clone)]
+pub struct WatchedEvent {
+    pub arrived: std::time::SystemTime,
+    pub event: Value,
+}
+
+impl Watcher {
+    /// Every event printed so far.
+    pub fn drain(&self) -> Vec<WatchedEvent> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Collects events until `done` holds for the events so far; panics after `timeout`.
+    pub fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[WatchedEvent]) -> bool,
+    ) -> Vec<WatchedEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out after {timeout:?} waiting until {what}; saw {seen:#?}");
+            if let Ok(event) = self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
+                seen.push(event);
+            }
+        }
+        seen
+    }
+
+    /// Stops the watcher; returns what it printed and nobody read yet.
+    pub fn stop(mut self) -> Vec<WatchedEvent> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.drain()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

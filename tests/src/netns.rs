@@ -5,8 +5,7 @@
 //!
 //! Every lab has its own name prefix and /24, so tests may run in parallel, and it deletes its
 //! namespaces on drop, also after a panic. Labs leaked by a killed test process are swept by
-//! the next one. Needs root; [`lab_or_skip`] says why a test cannot run here, and fails instead
-//! of skipping when `MESHWORK_REQUIRE_NETNS=1`.
+//! the next one. Needs root; [`lab_or_fail`] fails a test that cannot run here, with why.
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -15,9 +14,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::TestNode;
-
-/// Set to `1` (as CI does) to make a netns test fail where it would otherwise skip.
-pub const REQUIRE_NETNS_VAR: &str = "MESHWORK_REQUIRE_NETNS";
 
 /// Every namespace of a lab is named `mwlab<pid>n<lab>...`, so a later run can tell which
 /// labs belong to test processes that are gone.
@@ -40,20 +36,13 @@ pub enum Need {
     Libfaketime,
 }
 
-/// A lab of `hosts` hosts ready for a test, or `None` after one line on stderr saying why this
-/// machine cannot run it (`skipping netns test: <reason>`). With `MESHWORK_REQUIRE_NETNS=1`
-/// the reason is a test failure instead.
-pub fn lab_or_skip(hosts: usize, needs: &[Need]) -> Option<Lab> {
-    let lab = missing_need(needs).map_or_else(|| Lab::new(hosts), Err);
-    match lab {
-        Ok(lab) => Some(lab),
-        Err(reason) if std::env::var(REQUIRE_NETNS_VAR).is_ok_and(|value| value == "1") => {
-            panic!("netns test cannot run ({REQUIRE_NETNS_VAR}=1 forbids skipping): {reason}")
-        }
-        Err(reason) => {
-            eprintln!("skipping netns test: {reason}");
-            None
-        }
+/// A lab of `hosts` hosts, or a test failure saying why this machine cannot build one. The
+/// tests that call it are `#[ignore = "needs root: ..."]`, so they run only when asked for
+/// (`--include-ignored`, as `.ci/run` does as root) and never pass without having run.
+pub fn lab_or_fail(hosts: usize, needs: &[Need]) -> Lab {
+    match missing_need(needs).map_or_else(|| Lab::new(hosts), Err) {
+        Ok(lab) => lab,
+        Err(reason) => panic!("this netns test cannot run here: {reason}"),
     }
 }
 
@@ -108,7 +97,7 @@ fn libfaketime() -> Option<PathBuf> {
 /// clock moved by `offset` (libfaketime syntax: `+1h`, `-90s`), the monotonic clock left
 /// real so that timers, timeouts and round trips still measure real time.
 pub fn wall_clock_offset_prefix(offset: &str) -> Vec<OsString> {
-    let library = libfaketime().expect("libfaketime is installed (check with lab_or_skip and Need::Libfaketime)");
+    let library = libfaketime().expect("libfaketime is installed (check with lab_or_fail and Need::Libfaketime)");
     let mut preload = OsString::from("LD_PRELOAD=");
     preload.push(library.as_os_str());
     vec![

@@ -89,11 +89,11 @@ impl Home {
     }
 
     pub(crate) fn socket_path(&self) -> PathBuf {
-        self.root.join("node.sock")
+        self.root.join(meshwork_protocol::storage::SOCKET_FILE_NAME)
     }
 
     pub(crate) fn lock_path(&self) -> PathBuf {
-        self.root.join("node.lock")
+        self.root.join(meshwork_protocol::storage::LOCK_FILE_NAME)
     }
 
     /// Whether `init` already ran here.

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::daemon::QueueHandle;
+use crate::queue::QueueHandle;
 
 /// Frames waiting to be written to one peer; a peer that falls this far behind is cut off
 /// (it catches up by sync when it reconnects).

@@ -13,15 +13,19 @@ use std::time::Duration;
 
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hyper::Method;
-use meshwork_protocol::api::{AddTask, ClaimTask, EditTask, HandoffRequest, NodeStatus, TaskStatus, TaskView};
+use meshwork_protocol::TaskId;
+use meshwork_protocol::api::{
+    AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, RemoveMember, TaskNote,
+    TaskStatus, TaskView,
+};
+use meshwork_protocol::event::EventsQuery;
+use meshwork_protocol::route::{self, Empty, ExportQuery, ListTasks, ReadyQuery, Route};
 use meshwork_protocol::time::parse_duration_ms;
 use meshwork_protocol::{ErrorBody, ErrorCode};
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::client::{Client, Response};
 use crate::output::{self, TaskAction};
+use meshwork_client::Client;
 
 /// How long `node stop` waits for the node to close its socket before it gives up.
 const STOP_WAIT_MS_MAX: u64 = 10_000;
@@ -147,6 +151,18 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: InboxCommand,
     },
+    /// Print the node's events as they happen (--agent: only that agent's claims and messages)
+    Watch {
+        /// Only events of this kind (task_created, task_changed, task_ready, task_claimed,
+        /// task_finished, claim_won, claim_lost, claim_taken_over, lease_expiring,
+        /// lease_expired, message_arrived, peer_connected, peer_disconnected, member_added,
+        /// member_removed, probe_changed, gap); may repeat
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Resume after this event id (the last one printed): what the node still keeps
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+    },
     /// Show this machine's capability probe
     Caps,
     /// Measure a real node process and print a table (see docs/BENCHMARKS.md)
@@ -203,6 +219,13 @@ pub(crate) enum NodeCommand {
     Status,
     /// Stop the running node and wait until it is gone
     Stop,
+}
+
+impl From<StartOptions> for meshwork_daemon::StartOptions {
+    fn from(options: StartOptions) -> meshwork_daemon::StartOptions {
+        let StartOptions { listen, peers, no_mdns, offline, dashboard } = options;
+        meshwork_daemon::StartOptions { listen, peers, no_mdns, offline, dashboard }
+    }
 }
 
 /// How `meshwork node start` runs the node.
@@ -511,11 +534,11 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
     let home = resolve_home(global.home.clone()).map_err(|error| error_body(&error))?;
     match command {
         Command::Init { name } => {
-            let view = crate::daemon::init(&home, name.as_deref()).map_err(|e| error_body(&e))?;
+            let view = meshwork_daemon::init(&home, name.as_deref()).map_err(|e| error_body(&e))?;
             print_answer(global.json, &view, output::init)
         }
         Command::Node { command: NodeCommand::Start(options) } => {
-            crate::daemon::start(&home, options).map_err(|error| error_body(&error))
+            meshwork_daemon::start(&home, options.into()).map_err(|error| error_body(&error))
         }
         Command::Bench { command } => {
             let measured = match command {
@@ -526,17 +549,14 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
             measured.map_err(|error| error_body(&error))
         }
         Command::Caps => {
-            let probe = crate::daemon::local_caps(&home).map_err(|error| error_body(&error))?;
-            print_answer(global.json, &probe, crate::probe::render_probe)
+            let probe = meshwork_daemon::local_caps(&home).map_err(|error| error_body(&error))?;
+            print_answer(global.json, &probe, output::probe)
         }
         Command::Export(export) => {
             check_export_destination(&export, global.json, std::io::stdout().is_terminal())?;
             block_on(run_export(&global, &home, export))
         }
-        command => {
-            let call = api_call(command)?;
-            block_on(run_api_call(&global, &home, call))
-        }
+        command => block_on(run_api_command(&global, &home, command)),
     }
 }
 
@@ -602,151 +622,221 @@ async fn connect(global: &GlobalOptions, home: &Path) -> Result<Client, ErrorBod
     client.with_agent(&agent)?.with_request_id(global.request_id.as_deref())
 }
 
-/// One request to the local API and how to show its answer.
-#[derive(Debug)]
-struct ApiCall {
-    method: Method,
-    path: String,
-    body: Option<Value>,
-    answer: Answer,
+/// One command's exchange with the node: its client, and how its answer is shown.
+struct Session<'a> {
+    global: &'a GlobalOptions,
+    home: &'a Path,
+    /// Set in tests: each call is written here as `METHOD PATH BODY` instead of being sent.
+    #[cfg(test)]
+    recorded: Option<std::cell::RefCell<Vec<String>>>,
 }
 
-/// The shape of an API answer, which picks its human rendering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Task(TaskAction),
-    Tasks,
-    Status,
-    Stopping,
-    Members,
-    Invite,
-    Joined,
-    Messages,
-}
-
-impl ApiCall {
-    fn get(path: String, answer: Answer) -> ApiCall {
-        ApiCall { method: Method::GET, path, body: None, answer }
+impl Session<'_> {
+    /// Calls route `R` and prints its answer: under `--json` the node's own JSON text (so
+    /// fields keep the API's order), else `render`'s text for people. An answer this CLI
+    /// cannot read (a newer node, say) is shown as JSON with a warning: the operation itself
+    /// succeeded.
+    async fn call<R: Route>(
+        &self,
+        path: R::Path,
+        request: R::Request,
+        render: impl FnOnce(&R::Answer) -> String,
+    ) -> Result<(), ErrorBody> {
+        #[cfg(test)]
+        if let Some(recorded) = &self.recorded {
+            recorded.borrow_mut().push(describe_call::<R>(&path, &request));
+            return Ok(());
+        }
+        let mut client = connect(self.global, self.home).await?;
+        let reply = client.send::<R>(&path, &request).await?;
+        drop(client);
+        if self.global.json {
+            serde_json::from_slice::<serde::de::IgnoredAny>(reply.bytes())
+                .map_err(|error| internal("the node's answer is not JSON", error))?;
+            return output::print_json_text(reply.bytes());
+        }
+        match reply.decode() {
+            Ok(answer) => output::print_text(&render(&answer)),
+            Err(error) => {
+                eprintln!("warning: {}; showing the answer as JSON", error.message);
+                let value: serde_json::Value =
+                    serde_json::from_slice(reply.bytes()).map_err(|error| internal("the node's answer", error))?;
+                let text = serde_json::to_string_pretty(&value).map_err(|error| internal("the answer", error))?;
+                output::print_text(&(text + "\n"))
+            }
+        }
     }
 
-    fn post(path: String, body: Option<Value>, answer: Answer) -> ApiCall {
-        ApiCall { method: Method::POST, path, body, answer }
+    /// A route answered with one task, shown as `action`'s confirmation.
+    async fn on_task<R: Route<Answer = TaskView>>(
+        &self,
+        path: R::Path,
+        request: R::Request,
+        action: TaskAction,
+    ) -> Result<(), ErrorBody> {
+        self.call::<R>(path, request, |task| output::task(action, task)).await
     }
+}
 
-    /// `POST /v1/tasks/{id}/{action}` answered with the task.
-    fn on_task(id: &str, action: &str, body: Option<Value>, shown: TaskAction) -> ApiCall {
-        ApiCall::post(format!("{}/{action}", task_path(id)), body, Answer::Task(shown))
+/// `METHOD PATH BODY` of one call, as the client would send it (the test of the CLI's
+/// mapping reads these).
+#[cfg(test)]
+fn describe_call<R: Route>(path: &R::Path, request: &R::Request) -> String {
+    use meshwork_protocol::route::PathArgs;
+    let target = path.fill(R::PATH);
+    if R::METHOD.request_in_query() {
+        let query = serde_urlencoded::to_string(request).unwrap_or_default();
+        let target = if query.is_empty() { target } else { format!("{target}?{query}") };
+        return format!("{} {target} ", R::METHOD.as_str());
     }
+    let body = serde_json::to_value(request).map(|value| value.to_string()).unwrap_or_default();
+    format!("{} {target} {body}", R::METHOD.as_str())
 }
 
-fn task_path(id: &str) -> String {
-    format!("/v1/tasks/{}", crate::client::path_segment(id))
+/// A task id from the command line; a malformed one is `INVALID_INPUT`, as the node says.
+fn task_id(text: &str) -> Result<TaskId, ErrorBody> {
+    TaskId::new(text).map_err(|error| ErrorBody::invalid_input(error.to_string()))
 }
 
-fn to_body(value: &impl Serialize) -> Result<Option<Value>, ErrorBody> {
-    serde_json::to_value(value).map(Some).map_err(|error| internal("cannot encode the request", error))
+fn note(text: Option<String>, percent: Option<u8>) -> TaskNote {
+    TaskNote { text: text.unwrap_or_default(), percent }
 }
 
-fn note(text: Option<String>, percent: Option<u8>) -> Result<Option<Value>, ErrorBody> {
-    to_body(&meshwork_protocol::api::TaskNote { text: text.unwrap_or_default(), percent })
+/// Runs each command that talks to the node. `init`, `node start`, `caps`, `bench` and
+/// `export` are handled before this.
+async fn run_api_command(global: &GlobalOptions, home: &Path, command: Command) -> Result<(), ErrorBody> {
+    let session = Session {
+        global,
+        home,
+        #[cfg(test)]
+        recorded: None,
+    };
+    dispatch(&session, command).await
 }
 
-/// The request each command that talks to the node makes. `init`, `node start`, `caps`,
-/// `bench` and `export` are handled before this.
-fn api_call(command: Command) -> Result<ApiCall, ErrorBody> {
-    let call = match command {
-        Command::Node { command: NodeCommand::Status } => ApiCall::get("/v1/status".to_owned(), Answer::Status),
+/// Makes the one typed call of a command.
+async fn dispatch(session: &Session<'_>, command: Command) -> Result<(), ErrorBody> {
+    let (global, home) = (session.global, session.home);
+    match command {
+        Command::Node { command: NodeCommand::Status } => {
+            session.call::<route::Status>((), Empty {}, output::node_status).await
+        }
         Command::Node { command: NodeCommand::Stop } => {
-            ApiCall::post("/v1/shutdown".to_owned(), None, Answer::Stopping)
+            let mut client = connect(global, home).await?;
+            let stopping = client.call::<route::Shutdown>(&(), &Empty {}).await?;
+            drop(client);
+            meshwork_client::wait_until_stopped(home, Duration::from_millis(STOP_WAIT_MS_MAX)).await?;
+            print_answer(global.json, &stopping, |_| format!("stopped the node for {}\n", home.display()))
         }
-        Command::Task { command } => return task_call(command),
-        Command::Ready { all } => {
-            let path = if all { "/v1/ready?all=true" } else { "/v1/ready" };
-            ApiCall::get(path.to_owned(), Answer::Tasks)
-        }
+        Command::Task { command } => run_task_command(session, command).await,
+        Command::Ready { all } => session.call::<route::Ready>((), ReadyQuery { all }, |t| output::task_table(t)).await,
         Command::Claim { target, quorum, timeout } => {
-            let body = ClaimTask { task: target.id, next: target.next, quorum, timeout_ms: timeout };
-            ApiCall::post("/v1/claim".to_owned(), to_body(&body)?, Answer::Task(TaskAction::Claimed))
+            let request = ClaimTask { task: target.id, next: target.next, quorum, timeout_ms: timeout };
+            session.on_task::<route::Claim>((), request, TaskAction::Claimed).await
         }
-        Command::Renew { id } => ApiCall::on_task(&id, "renew", None, TaskAction::Renewed),
-        Command::Release { id, reason } => ApiCall::on_task(&id, "release", note(reason, None)?, TaskAction::Released),
+        Command::Renew { id } => session.on_task::<route::Renew>(task_id(&id)?, Empty {}, TaskAction::Renewed).await,
+        Command::Release { id, reason } => {
+            session.on_task::<route::Release>(task_id(&id)?, note(reason, None), TaskAction::Released).await
+        }
         Command::Progress { id, message, percent } => {
-            ApiCall::on_task(&id, "progress", note(Some(message), percent)?, TaskAction::Progress)
+            session.on_task::<route::Progress>(task_id(&id)?, note(Some(message), percent), TaskAction::Progress).await
         }
-        Command::Handoff(handoff) => handoff_call(handoff)?,
-        Command::Done { id, summary } => ApiCall::on_task(&id, "done", note(summary, None)?, TaskAction::Done),
-        Command::Fail { id, reason } => ApiCall::on_task(&id, "fail", note(Some(reason), None)?, TaskAction::Failed),
-        Command::Approve { id } => ApiCall::on_task(&id, "approve", None, TaskAction::Approved),
-        Command::Mesh { command: MeshCommand::Members } => ApiCall::get("/v1/members".to_owned(), Answer::Members),
+        Command::Handoff(handoff) => {
+            let id = task_id(&handoff.id)?;
+            let request = HandoffRequest {
+                commits: handoff.commits,
+                files: handoff.files,
+                tests: handoff.tests,
+                risks: handoff.risks,
+                next: handoff.next.unwrap_or_default(),
+            };
+            session.on_task::<route::Handoff>(id, request, TaskAction::Handoff).await
+        }
+        Command::Done { id, summary } => {
+            session.on_task::<route::Done>(task_id(&id)?, note(summary, None), TaskAction::Done).await
+        }
+        Command::Fail { id, reason } => {
+            session.on_task::<route::Fail>(task_id(&id)?, note(Some(reason), None), TaskAction::Failed).await
+        }
+        Command::Approve { id } => {
+            session.on_task::<route::Approve>(task_id(&id)?, Empty {}, TaskAction::Approved).await
+        }
+        Command::Mesh { command: MeshCommand::Members } => {
+            session.call::<route::Members>((), Empty {}, |members| output::members_table(members)).await
+        }
         Command::Mesh { command: MeshCommand::Invite { ttl } } => {
-            let body = meshwork_protocol::api::InviteRequest { ttl_ms: ttl };
-            ApiCall::post("/v1/mesh/invite".to_owned(), to_body(&body)?, Answer::Invite)
+            session.call::<route::MeshInvite>((), InviteRequest { ttl_ms: ttl }, output::invite).await
         }
         Command::Mesh { command: MeshCommand::Join { token } } => {
-            let body = meshwork_protocol::api::JoinMesh { token };
-            ApiCall::post("/v1/mesh/join".to_owned(), to_body(&body)?, Answer::Joined)
+            session.call::<route::MeshJoin>((), JoinMesh { token }, output::joined).await
         }
         Command::Mesh { command: MeshCommand::Remove { node } } => {
-            let body = meshwork_protocol::api::RemoveMember { node_id: node };
-            ApiCall::post("/v1/mesh/remove".to_owned(), to_body(&body)?, Answer::Members)
+            let request = RemoveMember { node_id: node };
+            session.call::<route::MeshRemove>((), request, |members| output::members_table(members)).await
         }
         Command::Inbox { command: InboxCommand::Read { unread } } => {
-            let body = meshwork_protocol::api::InboxRead { unread };
-            ApiCall::post("/v1/inbox/read".to_owned(), to_body(&body)?, Answer::Messages)
+            session.call::<route::Inbox>((), InboxRead { unread }, |messages| output::messages(messages)).await
         }
+        Command::Watch { kinds, after } => watch(global, home, kinds, after).await,
         Command::Init { .. }
         | Command::Node { command: NodeCommand::Start(_) }
         | Command::Caps
         | Command::Bench { .. }
-        | Command::Export(_) => {
-            return Err(ErrorBody::new(ErrorCode::Internal, "this command needs no request"));
-        }
-    };
-    Ok(call)
-}
-
-fn task_call(command: TaskCommand) -> Result<ApiCall, ErrorBody> {
-    let call = match command {
-        TaskCommand::Add(add) => {
-            ApiCall::post("/v1/tasks".to_owned(), to_body(&add.into_request())?, Answer::Task(TaskAction::Added))
-        }
-        TaskCommand::Show { id } => ApiCall::get(task_path(&id), Answer::Task(TaskAction::Show)),
-        TaskCommand::List { statuses } => {
-            let query: Vec<String> = statuses.iter().map(|status| format!("status={status}")).collect();
-            let path = if query.is_empty() { "/v1/tasks".to_owned() } else { format!("/v1/tasks?{}", query.join("&")) };
-            ApiCall::get(path, Answer::Tasks)
-        }
-        TaskCommand::Edit(edit) => edit_call(edit)?,
-        TaskCommand::Cancel { id, reason } => {
-            ApiCall::on_task(&id, "cancel", note(reason, None)?, TaskAction::Cancelled)
-        }
-    };
-    Ok(call)
-}
-
-fn edit_call(edit: EditArgs) -> Result<ApiCall, ErrorBody> {
-    let path = task_path(&edit.id);
-    let request = edit.into_request();
-    if request == EditTask::default() {
-        return Err(ErrorBody::new(
-            ErrorCode::Usage,
-            "nothing to change; pass at least one of --title, --description, --priority, --after, \
-             --not-after, --requires, --prefers, --lease, --max-attempts",
-        ));
+        | Command::Export(_) => Err(ErrorBody::new(ErrorCode::Internal, "this command needs no request")),
     }
-    let body = to_body(&request)?;
-    Ok(ApiCall { method: Method::PATCH, path, body, answer: Answer::Task(TaskAction::Edited) })
 }
 
-fn handoff_call(handoff: HandoffArgs) -> Result<ApiCall, ErrorBody> {
-    let request = HandoffRequest {
-        commits: handoff.commits,
-        files: handoff.files,
-        tests: handoff.tests,
-        risks: handoff.risks,
-        next: handoff.next.unwrap_or_default(),
+/// `meshwork watch`: one line per event (one JSON object under `--json`) until the node
+/// stops, which is `NODE_UNAVAILABLE` naming the last event id to resume after.
+async fn watch(global: &GlobalOptions, home: &Path, kinds: Vec<String>, after: Option<u64>) -> Result<(), ErrorBody> {
+    let query = EventsQuery {
+        agent: global.agent.clone().filter(|agent| !agent.is_empty()),
+        kind: (!kinds.is_empty()).then(|| kinds.join(",")),
+        after: None,
     };
-    Ok(ApiCall::on_task(&handoff.id, "handoff", to_body(&request)?, TaskAction::Handoff))
+    let mut client = connect(global, home).await?;
+    let mut stream = client.events(&query, after).await?;
+    let mut last_id = after;
+    while let Some(envelope) = stream.next().await {
+        let envelope = envelope?;
+        last_id = Some(envelope.id);
+        let line = if global.json {
+            serde_json::to_string(&envelope).map_err(|error| internal("cannot encode the event", error))? + "\n"
+        } else {
+            output::event(&envelope)
+        };
+        output::print_text(&line)?;
+    }
+    let resume = last_id.map(|id| format!("; resume with `meshwork watch --after {id}`")).unwrap_or_default();
+    Err(ErrorBody::new(ErrorCode::NodeUnavailable, format!("the node for {} stopped{resume}", home.display()))
+        .retryable())
+}
+
+async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result<(), ErrorBody> {
+    match command {
+        TaskCommand::Add(add) => session.on_task::<route::TaskAdd>((), add.into_request(), TaskAction::Added).await,
+        TaskCommand::Show { id } => session.on_task::<route::TaskShow>(task_id(&id)?, Empty {}, TaskAction::Show).await,
+        TaskCommand::List { statuses } => {
+            let status = statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>().join(",");
+            let request = ListTasks { status: (!status.is_empty()).then_some(status) };
+            session.call::<route::TaskList>((), request, |tasks| output::task_table(tasks)).await
+        }
+        TaskCommand::Edit(edit) => {
+            let id = task_id(&edit.id)?;
+            let request = edit.into_request();
+            if request == EditTask::default() {
+                return Err(ErrorBody::new(
+                    ErrorCode::Usage,
+                    "nothing to change; pass at least one of --title, --description, --priority, --after, \
+                     --not-after, --requires, --prefers, --lease, --max-attempts",
+                ));
+            }
+            session.on_task::<route::TaskEdit>(id, request, TaskAction::Edited).await
+        }
+        TaskCommand::Cancel { id, reason } => {
+            session.on_task::<route::TaskCancel>(task_id(&id)?, note(reason, None), TaskAction::Cancelled).await
+        }
+    }
 }
 
 impl AddArgs {
@@ -781,50 +871,6 @@ impl EditArgs {
             prefers: self.prefers,
             lease_ms: self.lease,
             max_attempts: self.max_attempts,
-        }
-    }
-}
-
-async fn run_api_call(global: &GlobalOptions, home: &Path, call: ApiCall) -> Result<(), ErrorBody> {
-    let mut client = connect(global, home).await?;
-    let response = client.request(call.method, &call.path, call.body).await?;
-    drop(client);
-    if call.answer == Answer::Stopping {
-        crate::client::wait_until_stopped(home, Duration::from_millis(STOP_WAIT_MS_MAX)).await?;
-    }
-    if global.json {
-        // The node's JSON as it sent it, so fields keep the API's order.
-        response.json::<serde::de::IgnoredAny>()?;
-        return output::print_json_text(response.bytes());
-    }
-    output::print_text(&render_answer(call.answer, &response, home)?)
-}
-
-/// The human rendering of an answer. An answer this CLI cannot read (a newer node, say) is
-/// shown as JSON with a warning: the operation itself succeeded.
-fn render_answer(answer: Answer, response: &Response, home: &Path) -> Result<String, ErrorBody> {
-    let rendered = match answer {
-        Answer::Task(action) => response.json::<TaskView>().map(|task| output::task(action, &task)),
-        Answer::Tasks => response.json::<Vec<TaskView>>().map(|tasks| output::task_table(&tasks)),
-        Answer::Status => response.json::<NodeStatus>().map(|status| output::node_status(&status)),
-        Answer::Members => {
-            response.json::<Vec<meshwork_crdt::export::MemberView>>().map(|members| output::members_table(&members))
-        }
-        Answer::Stopping => Ok(format!("stopped the node for {}\n", home.display())),
-        Answer::Invite => response.json::<meshwork_protocol::api::InviteView>().map(|invite| output::invite(&invite)),
-        Answer::Joined => response.json::<meshwork_protocol::api::JoinedView>().map(|joined| output::joined(&joined)),
-        Answer::Messages => {
-            response.json::<Vec<meshwork_protocol::api::MessageView>>().map(|messages| output::messages(&messages))
-        }
-    };
-    match rendered {
-        Ok(text) => Ok(text),
-        Err(error) => {
-            eprintln!("warning: {}; showing the answer as JSON", error.message);
-            let value: Value = response.json()?;
-            serde_json::to_string_pretty(&value)
-                .map(|text| text + "\n")
-                .map_err(|error| internal("cannot encode the answer", error))
         }
     }
 }
@@ -870,14 +916,12 @@ struct ExportWritten<'a> {
 
 async fn run_export(global: &GlobalOptions, home: &Path, export: ExportArgs) -> Result<(), ErrorBody> {
     let mut client = connect(global, home).await?;
-    let path = format!("/v1/export?format={}", export.format.as_str());
-    let response = client.request(Method::GET, &path, None).await?;
+    let bytes = client.export(&ExportQuery { format: Some(export.format.as_str().to_owned()) }).await?;
     let Some(file) = &export.output else {
-        return output::print_export(response.bytes(), export.format != ExportFormat::Automerge);
+        return output::print_export(&bytes, export.format != ExportFormat::Automerge);
     };
-    std::fs::write(file, response.bytes())
-        .map_err(|error| internal(&format!("cannot write {}", file.display()), error))?;
-    let written = ExportWritten { format: export.format.as_str(), output: file, bytes: response.bytes().len() };
+    std::fs::write(file, &bytes).map_err(|error| internal(&format!("cannot write {}", file.display()), error))?;
+    let written = ExportWritten { format: export.format.as_str(), output: file, bytes: bytes.len() };
     print_answer(global.json, &written, |written| {
         format!("wrote the {} export to {} ({} bytes)\n", written.format, file.display(), written.bytes)
     })
@@ -1000,14 +1044,18 @@ mod tests {
         assert_eq!(agent_name(Some(""), Some(String::new())), "agent");
     }
 
+    /// The call a command line makes, as `METHOD PATH BODY`, through the CLI's own dispatch.
     fn call_for(args: &[&str]) -> String {
-        let cli = parse_args(args).map_err(|error| error.to_string());
-        match cli.and_then(|cli| api_call(cli.command).map_err(|error| error.to_string())) {
-            Ok(call) => {
-                let body = call.body.map(|body| body.to_string()).unwrap_or_default();
-                format!("{} {} {body}", call.method, call.path)
-            }
-            Err(error) => format!("error: {error}"),
+        let cli = match parse_args(args) {
+            Ok(cli) => cli,
+            Err(error) => return format!("error: {error}"),
+        };
+        let home = PathBuf::from("/nowhere");
+        let session = Session { global: &cli.global, home: &home, recorded: Some(Default::default()) };
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { panic!("no runtime") };
+        match runtime.block_on(dispatch(&session, cli.command)) {
+            Ok(()) => session.recorded.map(|calls| calls.into_inner().join("\n")).unwrap_or_default(),
+            Err(error) => format!("error: {}: {}", error.code.as_str(), error.message),
         }
     }
 
@@ -1033,7 +1081,7 @@ mod tests {
         expect_test::expect![[r#"
             POST /v1/claim {"next":true,"quorum":false,"task":null,"timeout_ms":null}
             POST /v1/claim {"next":false,"quorum":false,"task":"W-1","timeout_ms":null}
-            GET /v1/tasks?status=open&status=claimed 
+            GET /v1/tasks?status=open%2Cclaimed 
             GET /v1/ready?all=true 
             POST /v1/tasks/W%2E1/progress {"percent":50,"text":"half way"}
             PATCH /v1/tasks/W-1 {"after":[],"description":null,"lease_ms":1800000,"max_attempts":null,"not_after":[],"prefers":null,"priority":null,"requires":["os=linux"],"title":null}

@@ -32,9 +32,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::daemon::{QueueHandle, now_ms};
+use crate::clock::now_ms;
+use crate::events::EventBus;
+use crate::queue::QueueHandle;
 pub(crate) use gate::Allowlist;
 pub(crate) use link::sync_bytes;
+use meshwork_protocol::event::Event;
 
 /// The sync protocol: one long-lived stream per pair of members.
 pub(crate) const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshwork/sync/1");
@@ -256,6 +259,8 @@ pub(crate) struct Network {
     last_exchange: Instant,
     link_events: mpsc::UnboundedSender<LinkEvent>,
     link_events_in: mpsc::UnboundedReceiver<LinkEvent>,
+    /// Where members' connections coming and going are announced.
+    events: EventBus,
 }
 
 impl std::fmt::Debug for Network {
@@ -272,6 +277,7 @@ impl Network {
         queue: QueueHandle,
         net: NetHandle,
         allow: Allowlist,
+        events: EventBus,
     ) -> anyhow::Result<Network> {
         let protobuf = key.to_libp2p_protobuf().context("cannot convert the node key for libp2p")?;
         let keypair = libp2p::identity::Keypair::from_protobuf_encoding(&protobuf)
@@ -341,6 +347,7 @@ impl Network {
             last_exchange: Instant::now(),
             link_events,
             link_events_in,
+            events,
         };
         network.listen(&config.listen)?;
         Ok(network)
@@ -531,6 +538,9 @@ impl Network {
                     }
                 }
                 if self.swarm.behaviour().gate.is_member(&peer_id) {
+                    if num_established.get() == 1 {
+                        self.events.publish([Event::PeerConnected { node_id: peer_id.to_string() }]);
+                    }
                     self.ensure_link(peer_id);
                     self.exchange_peers(peer_id);
                 } else if !self.is_joining(&peer_id) {
@@ -552,6 +562,9 @@ impl Network {
                     entry.connected_since_ms = None;
                     entry.last_seen_ms = Some(now_ms());
                     entry.rtt_ms = None;
+                }
+                if self.swarm.behaviour().gate.is_member(&peer_id) {
+                    self.events.publish([Event::PeerDisconnected { node_id: peer_id.to_string() }]);
                 }
                 self.probation.remove(&peer_id);
                 self.connected_since.remove(&peer_id);

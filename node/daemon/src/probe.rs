@@ -80,6 +80,7 @@ const LABELS_MAX: usize = 64;
 const TOOLS_MAX: usize = 64;
 const GPUS_MAX: usize = 64;
 const BYTES_PER_MIB: u64 = 1024 * 1024;
+#[cfg(test)]
 const BYTES_PER_GIB: u64 = 1024 * 1024 * 1024;
 
 /// What to probe besides the machine itself: the node's config.
@@ -122,61 +123,6 @@ pub(crate) fn probe_machine(config: &ProbeConfig) -> Probe {
     });
     probe.canonicalize();
     probe
-}
-
-/// Renders a probe for `meshwork caps`: one aligned `key: value` line per field, memory and
-/// disk in GiB, one line per GPU, per tool (`name version`) and per label.
-pub(crate) fn render_probe(probe: &Probe) -> String {
-    let mut rows: Vec<(&str, String)> = vec![
-        ("os", or_unknown(&probe.os)),
-        ("os version", or_unknown(&probe.os_version)),
-        ("kernel", or_unknown(&probe.kernel)),
-        ("arch", or_unknown(&probe.arch)),
-        ("hostname", or_unknown(&probe.hostname)),
-        ("cpu", or_unknown(&probe.cpu_model)),
-        ("cpus", probe.cpus.to_string()),
-        ("memory", gib(probe.memory_bytes)),
-        ("disk free", gib(probe.disk_free_bytes)),
-    ];
-    let gpus = probe.gpus.iter().map(|gpu| format!("{} ({})", gpu.model, gib(gpu.memory_bytes)));
-    push_list(&mut rows, "gpus", gpus.collect());
-    push_list(&mut rows, "tools", tool_lines(&probe.tools));
-    push_list(&mut rows, "labels", probe.labels.clone());
-    let key_width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
-    let mut text = String::new();
-    for (key, value) in rows {
-        let key = if key.is_empty() { String::new() } else { format!("{key}:") };
-        text.push_str(format!("{key:<key_width$} {value}").trim_end());
-        text.push('\n');
-    }
-    text
-}
-
-/// Adds `values` under `key`: the first on the key's row, the rest on rows of their own
-/// (an empty key), or `none`.
-fn push_list<'a>(rows: &mut Vec<(&'a str, String)>, key: &'a str, values: Vec<String>) {
-    if values.is_empty() {
-        rows.push((key, "none".to_owned()));
-    }
-    for (index, value) in values.into_iter().enumerate() {
-        rows.push((if index == 0 { key } else { "" }, value));
-    }
-}
-
-/// `name version` per tool, the names padded so the versions line up.
-fn tool_lines(tools: &BTreeMap<String, String>) -> Vec<String> {
-    let name_width = tools.keys().map(String::len).max().unwrap_or(0);
-    let lines = tools.iter().map(|(name, version)| format!("{name:<name_width$} {version}"));
-    lines.map(|line| line.trim_end().to_owned()).collect()
-}
-
-fn or_unknown(text: &str) -> String {
-    if text.is_empty() { "unknown".to_owned() } else { text.to_owned() }
-}
-
-// The cast loses precision only past 2^53 bytes, far below what one decimal shows.
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / BYTES_PER_GIB as f64)
 }
 
 /// A text field read from the OS, or empty (logged) when the OS does not tell.
@@ -707,7 +653,7 @@ mod tests {
         let started = Instant::now();
         let probe = probe_machine(&config);
         let elapsed = started.elapsed();
-        eprintln!("probe took {elapsed:?}\n{}", render_probe(&probe));
+        eprintln!("probe took {elapsed:?}\n{probe:#?}");
         assert_eq!(probe.os, std::env::consts::OS);
         if cfg!(target_os = "linux") {
             assert_eq!(probe.os, "linux");
@@ -722,44 +668,5 @@ mod tests {
         assert_eq!(probe.labels, vec!["ci".to_owned()]);
         let bound = Duration::from_millis(NVIDIA_SMI_TIMEOUT_MS.max(TOOL_VERSION_TIMEOUT_MS)) + Duration::from_secs(3);
         assert!(elapsed < bound, "probe took {elapsed:?}");
-    }
-
-    #[test]
-    fn render_probe_aligns_keys_and_shows_sizes_in_gib() {
-        // Goal: `meshwork caps` output is stable: aligned keys, GiB, one row per list item.
-        let probe = Probe {
-            os: "linux".to_owned(),
-            os_version: "24.04".to_owned(),
-            kernel: "6.8.0-48-generic".to_owned(),
-            arch: "x86_64".to_owned(),
-            hostname: "box".to_owned(),
-            cpu_model: String::new(),
-            cpus: 16,
-            memory_bytes: 64 * BYTES_PER_GIB,
-            disk_free_bytes: BYTES_PER_GIB * 3 / 2,
-            gpus: vec![gpu("NVIDIA A100", 80 * BYTES_PER_GIB)],
-            tools: [("cargo", "cargo 1.95.0"), ("go", ""), ("python3", "Python 3.12.3")]
-                .into_iter()
-                .map(|(name, version)| (name.to_owned(), version.to_owned()))
-                .collect(),
-            labels: Vec::new(),
-        };
-        let expected = "\
-os:         linux
-os version: 24.04
-kernel:     6.8.0-48-generic
-arch:       x86_64
-hostname:   box
-cpu:        unknown
-cpus:       16
-memory:     64.0 GiB
-disk free:  1.5 GiB
-gpus:       NVIDIA A100 (80.0 GiB)
-tools:      cargo   cargo 1.95.0
-            go
-            python3 Python 3.12.3
-labels:     none
-";
-        assert_eq!(render_probe(&probe), expected);
     }
 }

@@ -1,6 +1,7 @@
 //! What the CLI prints: renderings for people (pure functions from the API's JSON types to
 //! text) and the writers that put text, JSON and export bytes on stdout.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use meshwork_crdt::export::MemberView;
@@ -8,7 +9,8 @@ use meshwork_protocol::api::{
     HandoffView, InitView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
-use meshwork_protocol::{ErrorBody, ErrorCode};
+use meshwork_protocol::event::{Event, EventEnvelope};
+use meshwork_protocol::{ErrorBody, ErrorCode, Probe};
 
 /// Longest title a task table shows, in characters; longer ones end in `…`.
 const TABLE_TITLE_CHARS_MAX: usize = 60;
@@ -424,6 +426,43 @@ fn truncate(text: &str, chars_max: usize) -> String {
 
 /// The tail of a node id (`…Ab3dEf9q`): every ed25519 PeerId begins `12D3KooW`, so the end
 /// tells them apart.
+/// One event for people: its time of day, kind, and what it is about.
+pub(crate) fn event(envelope: &EventEnvelope) -> String {
+    let time = envelope.at.get(11..23).unwrap_or(&envelope.at);
+    let who = |agent: &Option<String>, node_id: &str| match agent {
+        Some(agent) => format!("{agent}@{}", short_node_id(node_id)),
+        None => short_node_id(node_id),
+    };
+    let about = match &envelope.event {
+        Event::TaskCreated { task, title } => format!("{task} {title:?}"),
+        Event::TaskChanged { task, status } => format!("{task} ({})", status.as_str()),
+        Event::TaskReady { task } => task.clone(),
+        Event::TaskClaimed { task, agent, node_id, .. } => format!("{task} by {}", who(agent, node_id)),
+        Event::TaskFinished { task, status } => format!("{task} {}", status.as_str()),
+        Event::ClaimWon { task, agent, node_id, .. } => format!("{task} {} holds it after all", who(agent, node_id)),
+        Event::ClaimLost { task, agent, node_id, reason, .. } => format!("{task} {}: {reason}", who(agent, node_id)),
+        Event::ClaimTakenOver { task, agent, node_id, .. } => format!("{task} from {}", who(agent, node_id)),
+        Event::LeaseExpiring { task, agent, node_id, lease_until } => {
+            format!("{task} {} until {lease_until}; renew it", who(agent, node_id))
+        }
+        Event::LeaseExpired { task, agent, node_id, since } => {
+            format!("{task} {} since {since}; the task is stale", who(agent, node_id))
+        }
+        Event::MessageArrived { agent, from, subject, priority, .. } => {
+            format!("to {agent} from {from} ({priority}): {subject}")
+        }
+        Event::PeerConnected { node_id }
+        | Event::PeerDisconnected { node_id }
+        | Event::MemberRemoved { node_id }
+        | Event::ProbeChanged { node_id } => short_node_id(node_id),
+        Event::MemberAdded { node_id, name } => format!("{name} ({})", short_node_id(node_id)),
+        Event::Gap { after, before } => {
+            format!("events after {after} and before {before} are gone; read the state afresh")
+        }
+    };
+    format!("{time} {} {about}\n", envelope.event.kind())
+}
+
 fn short_node_id(node_id: &str) -> String {
     const TAIL_CHARS: usize = 8;
     let count = node_id.chars().count();
@@ -443,6 +482,63 @@ fn format_duration_ms(ms: u64) -> String {
         .find(|(unit_ms, _)| ms >= *unit_ms && ms.is_multiple_of(*unit_ms))
         .map(|(unit_ms, unit)| format!("{}{unit}", ms / unit_ms))
         .unwrap_or_else(|| format!("{ms}ms"))
+}
+
+const BYTES_PER_GIB: u64 = 1024 * 1024 * 1024;
+
+/// Renders a probe for `meshwork caps`: one aligned `key: value` line per field, memory and
+/// disk in GiB, one line per GPU, per tool (`name version`) and per label.
+pub(crate) fn probe(probe: &Probe) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("os", or_unknown(&probe.os)),
+        ("os version", or_unknown(&probe.os_version)),
+        ("kernel", or_unknown(&probe.kernel)),
+        ("arch", or_unknown(&probe.arch)),
+        ("hostname", or_unknown(&probe.hostname)),
+        ("cpu", or_unknown(&probe.cpu_model)),
+        ("cpus", probe.cpus.to_string()),
+        ("memory", gib(probe.memory_bytes)),
+        ("disk free", gib(probe.disk_free_bytes)),
+    ];
+    let gpus = probe.gpus.iter().map(|gpu| format!("{} ({})", gpu.model, gib(gpu.memory_bytes)));
+    push_list(&mut rows, "gpus", gpus.collect());
+    push_list(&mut rows, "tools", tool_lines(&probe.tools));
+    push_list(&mut rows, "labels", probe.labels.clone());
+    let key_width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for (key, value) in rows {
+        let key = if key.is_empty() { String::new() } else { format!("{key}:") };
+        text.push_str(format!("{key:<key_width$} {value}").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Adds `values` under `key`: the first on the key's row, the rest on rows of their own
+/// (an empty key), or `none`.
+fn push_list<'a>(rows: &mut Vec<(&'a str, String)>, key: &'a str, values: Vec<String>) {
+    if values.is_empty() {
+        rows.push((key, "none".to_owned()));
+    }
+    for (index, value) in values.into_iter().enumerate() {
+        rows.push((if index == 0 { key } else { "" }, value));
+    }
+}
+
+/// `name version` per tool, the names padded so the versions line up.
+fn tool_lines(tools: &BTreeMap<String, String>) -> Vec<String> {
+    let name_width = tools.keys().map(String::len).max().unwrap_or(0);
+    let lines = tools.iter().map(|(name, version)| format!("{name:<name_width$} {version}"));
+    lines.map(|line| line.trim_end().to_owned()).collect()
+}
+
+fn or_unknown(text: &str) -> String {
+    if text.is_empty() { "unknown".to_owned() } else { text.to_owned() }
+}
+
+// The cast loses precision only past 2^53 bytes, far below what one decimal shows.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / BYTES_PER_GIB as f64)
 }
 
 #[cfg(test)]
@@ -715,5 +811,47 @@ mod tests {
     fn durations_print_in_the_largest_whole_unit() {
         let printed: Vec<String> = [1_800_000, 90_000, 86_400_000, 7_200_000, 1500, 0].map(format_duration_ms).to_vec();
         assert_eq!(printed, ["30m", "90s", "1d", "2h", "1500ms", "0ms"]);
+    }
+
+    #[test]
+    fn probe_aligns_keys_and_shows_sizes_in_gib() {
+        // Goal: `meshwork caps` output is stable: aligned keys, GiB, one row per list item.
+        let probe = Probe {
+            os: "linux".to_owned(),
+            os_version: "24.04".to_owned(),
+            kernel: "6.8.0-48-generic".to_owned(),
+            arch: "x86_64".to_owned(),
+            hostname: "box".to_owned(),
+            cpu_model: String::new(),
+            cpus: 16,
+            memory_bytes: 64 * BYTES_PER_GIB,
+            disk_free_bytes: BYTES_PER_GIB * 3 / 2,
+            gpus: vec![meshwork_protocol::probe::Gpu {
+                model: "NVIDIA A100".to_owned(),
+                memory_bytes: 80 * BYTES_PER_GIB,
+            }],
+            tools: [("cargo", "cargo 1.95.0"), ("go", ""), ("python3", "Python 3.12.3")]
+                .into_iter()
+                .map(|(name, version)| (name.to_owned(), version.to_owned()))
+                .collect(),
+            labels: Vec::new(),
+        };
+        let expected = "\
+os:         linux
+os version: 24.04
+kernel:     6.8.0-48-generic
+arch:       x86_64
+hostname:   box
+cpu:        unknown
+cpus:       16
+memory:     64.0 GiB
+disk free:  1.5 GiB
+gpus:       NVIDIA A100 (80.0 GiB)
+tools:      cargo   cargo 1.95.0
+            go
+            python3 Python 3.12.3
+labels:     none
+";
+        assert_eq!(super::probe(&probe), expected);
     }
 }

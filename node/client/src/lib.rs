@@ -3,6 +3,7 @@
 //! Every await that crosses the socket runs under a timeout. Failing to reach the node is
 //! `NODE_UNAVAILABLE` and says how to start one; a failure the node reports keeps its code.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use meshwork_protocol::api::{AGENT_HEADER, REQUEST_ID_HEADER};
 use meshwork_protocol::error::ErrorEnvelope;
+use meshwork_protocol::event::{EVENTS_PATH, EventsQuery, LAST_EVENT_ID_HEADER};
+use meshwork_protocol::route::{EXPORT_PATH, ExportQuery, Method as RouteMethod, PathArgs, Route};
+use meshwork_protocol::storage::{LOCK_FILE_NAME, SOCKET_FILE_NAME};
 use meshwork_protocol::{ErrorBody, ErrorCode};
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio::net::UnixStream;
 
-/// The socket's file name inside the home.
-pub(crate) const SOCKET_FILE_NAME: &str = "node.sock";
+mod events;
+
+pub use events::EventStream;
+
 /// How long connecting to the node's socket may take.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How long one request may take, from sending it to the last byte of the answer.
@@ -33,42 +37,43 @@ const STOP_POLL_MS: u64 = 100;
 const QUOTED_BODY_CHARS_MAX: usize = 200;
 
 /// The socket of the node that serves `home`.
-pub(crate) fn socket_path(home: &Path) -> PathBuf {
+pub fn socket_path(home: &Path) -> PathBuf {
     home.join(SOCKET_FILE_NAME)
 }
 
 /// A connection to one home's node, speaking for one agent.
 #[derive(Debug)]
-pub(crate) struct Client {
+pub struct Client {
     home: PathBuf,
     sender: SendRequest<Full<Bytes>>,
     agent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
 }
 
-/// A successful (2xx) answer of the node.
+/// A successful (2xx) answer of route `R`, not decoded yet.
 #[derive(Debug)]
-pub(crate) struct Response {
+pub struct Reply<R: Route> {
     body: Bytes,
+    route: PhantomData<R>,
 }
 
-impl Response {
-    /// The answer's raw bytes (an Automerge export, or JSON text).
-    pub(crate) fn bytes(&self) -> &[u8] {
+impl<R: Route> Reply<R> {
+    /// The answer's JSON text as the node sent it.
+    pub fn bytes(&self) -> &[u8] {
         &self.body
     }
 
-    /// The answer as JSON of type `T`; anything else is `INTERNAL`.
-    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ErrorBody> {
+    /// The answer as the route's type; anything else is `INTERNAL`.
+    pub fn decode(&self) -> Result<R::Answer, ErrorBody> {
         serde_json::from_slice(&self.body).map_err(|error| {
-            ErrorBody::new(ErrorCode::Internal, format!("the node's answer is not what this CLI reads: {error}"))
+            ErrorBody::new(ErrorCode::Internal, format!("the node's answer is not what this client reads: {error}"))
         })
     }
 }
 
 impl Client {
     /// Connects to the node of `home` within [`CONNECT_TIMEOUT_MS`].
-    pub(crate) async fn connect(home: &Path) -> Result<Client, ErrorBody> {
+    pub async fn connect(home: &Path) -> Result<Client, ErrorBody> {
         let socket = socket_path(home);
         let connecting = UnixStream::connect(&socket);
         let stream = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
@@ -91,29 +96,85 @@ impl Client {
     }
 
     /// Sends `x-meshwork-agent: NAME` with every request.
-    pub(crate) fn with_agent(mut self, agent: &str) -> Result<Client, ErrorBody> {
+    pub fn with_agent(mut self, agent: &str) -> Result<Client, ErrorBody> {
         self.agent = Some(header_value("--agent", agent)?);
         Ok(self)
     }
 
     /// Sends `idempotency-key: ID` with every request when an id is given.
-    pub(crate) fn with_request_id(mut self, request_id: Option<&str>) -> Result<Client, ErrorBody> {
+    pub fn with_request_id(mut self, request_id: Option<&str>) -> Result<Client, ErrorBody> {
         self.request_id = request_id.map(|id| header_value("--request-id", id)).transpose()?;
         Ok(self)
     }
 
+    /// Calls one route of the table and decodes its answer.
+    pub async fn call<R: Route>(&mut self, path: &R::Path, request: &R::Request) -> Result<R::Answer, ErrorBody> {
+        self.send::<R>(path, request).await?.decode()
+    }
+
+    /// Calls one route and keeps its answer undecoded: `--json` prints the node's own bytes,
+    /// which [`Reply::decode`] reads when they are wanted.
+    pub async fn send<R: Route>(&mut self, path: &R::Path, request: &R::Request) -> Result<Reply<R>, ErrorBody> {
+        let target = path.fill(R::PATH);
+        let (uri, body) = if R::METHOD.request_in_query() {
+            let query = serde_urlencoded::to_string(request)
+                .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the query: {error}")))?;
+            (if query.is_empty() { target } else { format!("{target}?{query}") }, None)
+        } else {
+            let body = serde_json::to_vec(request)
+                .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the request: {error}")))?;
+            (target, Some(body))
+        };
+        let method = match R::METHOD {
+            RouteMethod::Get => Method::GET,
+            RouteMethod::Post => Method::POST,
+            RouteMethod::Patch => Method::PATCH,
+        };
+        let body = self.request(method, &uri, body).await?;
+        Ok(Reply { body, route: PhantomData })
+    }
+
+    /// `GET /v1/export?format=F`: the export's bytes as the node wrote them.
+    pub async fn export(&mut self, query: &ExportQuery) -> Result<Bytes, ErrorBody> {
+        let query = serde_urlencoded::to_string(query)
+            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the query: {error}")))?;
+        self.request(Method::GET, &format!("{EXPORT_PATH}?{query}"), None).await
+    }
+
+    /// `GET /v1/events`: the node's events from now on, or after `last_event_id` (what the
+    /// node still keeps of them, with a gap event first when some are gone).
+    pub async fn events(&mut self, query: &EventsQuery, last_event_id: Option<u64>) -> Result<EventStream, ErrorBody> {
+        let query = serde_urlencoded::to_string(query)
+            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot encode the query: {error}")))?;
+        let uri = if query.is_empty() { EVENTS_PATH.to_owned() } else { format!("{EVENTS_PATH}?{query}") };
+        let mut request = self.build_request(Method::GET, &uri, None)?;
+        if let Some(id) = last_event_id {
+            request.headers_mut().insert(LAST_EVENT_ID_HEADER, HeaderValue::from(id));
+        }
+        let opening = async {
+            self.sender.ready().await?;
+            self.sender.send_request(request).await
+        };
+        let response = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), opening).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(unreachable_node(&self.home, &error)),
+            Err(_elapsed) => return Err(no_node(&self.home)),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(EventStream::new(response.into_body()));
+        }
+        let body = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await;
+        Err(failure_from_answer(status, &body.map(|body| body.to_bytes()).unwrap_or_default()))
+    }
+
     /// Sends one request and reads the whole answer within [`REQUEST_TIMEOUT_MS`]. A non-2xx
     /// answer becomes the node's [`ErrorBody`].
-    pub(crate) async fn request(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Response, ErrorBody> {
-        let request = self.build_request(method, path, body)?;
+    async fn request(&mut self, method: Method, uri: &str, body: Option<Vec<u8>>) -> Result<Bytes, ErrorBody> {
+        let request = self.build_request(method, uri, body)?;
         let exchange = exchange(&mut self.sender, request);
         match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange).await {
-            Ok(Ok((status, body))) if status.is_success() => Ok(Response { body }),
+            Ok(Ok((status, body))) if status.is_success() => Ok(body),
             Ok(Ok((status, body))) => Err(failure_from_answer(status, &body)),
             Ok(Err(Failure::Connection(error))) => Err(unreachable_node(&self.home, &error)),
             Ok(Err(Failure::Body(error))) => {
@@ -134,10 +195,10 @@ impl Client {
     fn build_request(
         &self,
         method: Method,
-        path: &str,
-        body: Option<Value>,
+        uri: &str,
+        body: Option<Vec<u8>>,
     ) -> Result<Request<Full<Bytes>>, ErrorBody> {
-        let mut builder = Request::builder().method(method).uri(path).header(HOST, "meshwork");
+        let mut builder = Request::builder().method(method).uri(uri).header(HOST, "meshwork");
         if let Some(agent) = &self.agent {
             builder = builder.header(AGENT_HEADER, agent.clone());
         }
@@ -147,12 +208,12 @@ impl Client {
         let bytes = match body {
             Some(body) => {
                 builder = builder.header(CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
+                Bytes::from(body)
             }
             None => Bytes::new(),
         };
         builder.body(Full::new(bytes)).map_err(|error| {
-            ErrorBody::new(ErrorCode::Internal, format!("cannot build the request for {path}: {error}"))
+            ErrorBody::new(ErrorCode::Internal, format!("cannot build the request for {uri}: {error}"))
         })
     }
 }
@@ -221,7 +282,7 @@ fn unreachable_node(home: &Path, error: &dyn std::fmt::Display) -> ErrorBody {
 }
 
 /// Waits until the node of `home` no longer accepts connections, for at most `limit`.
-pub(crate) async fn wait_until_stopped(home: &Path, limit: Duration) -> Result<(), ErrorBody> {
+pub async fn wait_until_stopped(home: &Path, limit: Duration) -> Result<(), ErrorBody> {
     let socket = socket_path(home);
     let polling = async {
         loop {
@@ -233,8 +294,7 @@ pub(crate) async fn wait_until_stopped(home: &Path, limit: Duration) -> Result<(
         }
         // The socket goes first; the home's lock only when the process exits. Wait for it
         // too, so that `node stop && node start` never finds the home still taken.
-        let home = crate::home::Home::new(home.to_path_buf());
-        while home.lock().is_err() {
+        while home_is_locked(home) {
             tokio::time::sleep(Duration::from_millis(STOP_POLL_MS)).await;
         }
     };
@@ -250,22 +310,25 @@ pub(crate) async fn wait_until_stopped(home: &Path, limit: Duration) -> Result<(
     })
 }
 
-/// Escapes one path segment: everything but ASCII letters, digits, `-` and `_` is
-/// percent-encoded, so an id can never add a segment (`..`) or a query.
-pub(crate) fn path_segment(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_') {
-            escaped.push(char::from(byte));
-        } else {
-            escaped.push_str(&format!("%{byte:02X}"));
-        }
+/// Whether a process holds the home's lock: a node that is running or still exiting. A lock
+/// file that cannot be opened counts as free (there is nothing to wait for).
+fn home_is_locked(home: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(home.join(LOCK_FILE_NAME)) else { return false };
+    match file.try_lock() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
     }
-    escaped
 }
+
+pub use meshwork_protocol::route::path_segment;
 
 #[cfg(test)]
 mod tests {
+    use meshwork_protocol::TaskId;
+    use meshwork_protocol::api::ClaimTask;
+    use meshwork_protocol::route;
+
     use super::*;
 
     /// Path segments keep ids readable and escape everything that could change the route.
@@ -315,7 +378,7 @@ mod tests {
         expect_test::expect![[r#"
             Ok(
                 (
-                    "POST /v1/claim HTTP/1.1|x-meshwork-agent: claude-1|idempotency-key: r-7|{\"next\":true}",
+                    "POST /v1/claim HTTP/1.1|x-meshwork-agent: claude-1|idempotency-key: r-7|{\"task\":null,\"next\":true,\"quorum\":false,\"timeout_ms\":null}",
                     "{\"id\":\"W-1\"}",
                     Err(
                         ErrorBody {
@@ -337,9 +400,10 @@ mod tests {
         let client = Client::connect(home).await.map_err(|e| e.to_string())?;
         let mut client = client.with_agent("claude-1").and_then(|c| c.with_request_id(Some("r-7")));
         let client = client.as_mut().map_err(|e| e.to_string())?;
-        let body = Some(serde_json::json!({"next": true}));
-        let first = client.request(Method::POST, "/v1/claim", body).await.map_err(|e| e.to_string())?;
-        let second = client.request(Method::GET, "/v1/tasks/W-2", None).await.map(|_| ());
+        let claim = ClaimTask { next: true, ..ClaimTask::default() };
+        let first = client.send::<route::Claim>(&(), &claim).await.map_err(|e| e.to_string())?;
+        let shown = TaskId::new("W-2").map_err(|e| e.to_string())?;
+        let second = client.send::<route::TaskShow>(&shown, &route::Empty {}).await.map(|_| ());
         let seen = server.await.map_err(|e| e.to_string())?;
         Ok((seen, String::from_utf8_lossy(first.bytes()).into_owned(), second))
     }

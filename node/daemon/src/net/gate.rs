@@ -70,7 +70,7 @@ impl MemberGate {
     }
 
     fn admits(&mut self, peer: &PeerId) -> Result<(), ConnectionDenied> {
-        let invites_open = self.allow.invites_open_until_ms > crate::daemon::now_ms();
+        let invites_open = self.allow.invites_open_until_ms > crate::clock::now_ms();
         if self.is_member(peer) || invites_open || self.joining.as_ref() == Some(peer) {
             Ok(())
         } else {

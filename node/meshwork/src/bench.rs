@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hyper::Method;
-use libp2p::futures::future::join_all;
+use futures::future::join_all;
 use meshwork_protocol::ErrorCode;
-use meshwork_protocol::api::{InviteView, NodeStatus, TaskStatus, TaskView};
-use serde_json::json;
+use meshwork_protocol::TaskId;
+use meshwork_protocol::api::{AddTask, ClaimTask, InviteRequest, JoinMesh, NodeStatus, TaskNote, TaskStatus, TaskView};
+use meshwork_protocol::route::{self, Empty, ListTasks};
 
-use crate::client::{Client, path_segment};
+use meshwork_client::Client;
 
 /// How long a benchmarked node may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,6 +32,11 @@ const LOOPBACK_START: [&str; 5] =
     ["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"];
 
 /// A node process in a temporary home, stopped and removed on drop.
+/// Milliseconds since the Unix epoch, to give each bench home a name of its own.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 struct BenchNode {
     home: PathBuf,
     child: Option<Child>,
@@ -43,7 +48,7 @@ impl BenchNode {
     }
 
     fn create_named(label: &str, name: &str) -> anyhow::Result<BenchNode> {
-        let stamp = crate::daemon::now_ms();
+        let stamp = now_ms();
         let home = std::env::temp_dir().join(format!("meshwork-bench-{label}-{}-{stamp}", std::process::id()));
         let status = meshwork(&home).args(["init", "--name", name]).stdout(Stdio::null()).status()?;
         if !status.success() {
@@ -82,7 +87,7 @@ impl BenchNode {
         self.child = Some(child);
         while started.elapsed() < START_TIMEOUT {
             if let Ok(mut client) = Client::connect(&self.home).await
-                && client.request(Method::GET, "/v1/status", None).await.is_ok()
+                && client.call::<route::Status>(&(), &Empty {}).await.is_ok()
             {
                 return Ok(started.elapsed());
             }
@@ -93,7 +98,7 @@ impl BenchNode {
 
     async fn status(&self) -> anyhow::Result<NodeStatus> {
         let mut client = Client::connect(&self.home).await?;
-        Ok(client.request(Method::GET, "/v1/status", None).await?.json()?)
+        Ok(client.call::<route::Status>(&(), &Empty {}).await?)
     }
 
     /// The node's stderr, kept beside the home (and removed with it).
@@ -110,7 +115,7 @@ impl BenchNode {
     /// Stops the node through the API (it compacts its log) and waits for it to exit.
     async fn stop(&mut self) -> anyhow::Result<()> {
         let mut client = Client::connect(&self.home).await?;
-        client.request(Method::POST, "/v1/shutdown", None).await?;
+        client.call::<route::Shutdown>(&(), &Empty {}).await?;
         if let Some(mut child) = self.child.take() {
             child.wait()?;
         }
@@ -151,17 +156,21 @@ async fn add_tasks(home: &Path, client_index: usize, count: usize, finish: bool)
     let mut client = Client::connect(home).await?.with_agent(&format!("bench-{client_index}"))?;
     let mut latencies = Vec::with_capacity(count);
     for index in 0..count {
-        let body = json!({ "title": format!("bench task {client_index}-{index}"), "priority": index % 10 });
+        let request = AddTask {
+            title: format!("bench task {client_index}-{index}"),
+            priority: i64::try_from(index % 10).unwrap_or(0),
+            ..AddTask::default()
+        };
         let started = Instant::now();
-        let added = client.request(Method::POST, "/v1/tasks", Some(body)).await?;
+        let added = client.call::<route::TaskAdd>(&(), &request).await?;
         latencies.push(started.elapsed());
         if finish {
-            let id = added.json::<serde_json::Value>()?["id"].as_str().unwrap_or_default().to_owned();
-            client.request(Method::POST, "/v1/claim", Some(json!({ "task": id }))).await?;
-            client
-                .request(Method::POST, &format!("/v1/tasks/{id}/progress"), Some(json!({ "text": "working" })))
-                .await?;
-            client.request(Method::POST, &format!("/v1/tasks/{id}/done"), Some(json!({ "text": "done" }))).await?;
+            let id = added.id;
+            let claim = ClaimTask { task: Some(id.as_str().to_owned()), ..ClaimTask::default() };
+            client.call::<route::Claim>(&(), &claim).await?;
+            let working = TaskNote { text: "working".to_owned(), percent: None };
+            client.call::<route::Progress>(&id, &working).await?;
+            client.call::<route::Done>(&id, &TaskNote { text: "done".to_owned(), percent: None }).await?;
         }
     }
     Ok(latencies)
@@ -326,7 +335,7 @@ impl Mesh {
             let token = invite(&mut hub).await?;
             let mut client = Client::connect(&joiner.home).await?;
             client
-                .request(Method::POST, "/v1/mesh/join", Some(json!({ "token": token })))
+                .call::<route::MeshJoin>(&(), &JoinMesh { token })
                 .await
                 .with_context(|| format!("node {} could not join the mesh", index + 1))?;
         }
@@ -342,7 +351,7 @@ impl Mesh {
         for (index, node) in self.nodes.iter().enumerate() {
             let mut client = Client::connect(&node.home).await?;
             loop {
-                let members: Vec<serde_json::Value> = client.request(Method::GET, "/v1/members", None).await?.json()?;
+                let members = client.call::<route::Members>(&(), &Empty {}).await?;
                 if members.len() == count {
                     break;
                 }
@@ -397,8 +406,8 @@ impl Mesh {
         let before = self.nodes[0].status().await?.tasks;
         let mut ids = Vec::with_capacity(count);
         for index in 0..count {
-            let body = json!({ "title": format!("{label} {index}") });
-            let task: TaskView = hub.request(Method::POST, "/v1/tasks", Some(body)).await?.json()?;
+            let request = AddTask { title: format!("{label} {index}"), ..AddTask::default() };
+            let task = hub.call::<route::TaskAdd>(&(), &request).await?;
             ids.push(task.id.as_str().to_owned());
         }
         let deadline = Instant::now() + MESH_TIMEOUT;
@@ -435,8 +444,8 @@ fn print_node_warnings(label: &str, node: &BenchNode) {
 async fn invite(hub: &mut Client) -> anyhow::Result<String> {
     let deadline = Instant::now() + MESH_TIMEOUT;
     loop {
-        match hub.request(Method::POST, "/v1/mesh/invite", Some(json!({ "ttl_ms": INVITE_TTL_MS }))).await {
-            Ok(answer) => return Ok(answer.json::<InviteView>()?.token),
+        match hub.call::<route::MeshInvite>(&(), &InviteRequest { ttl_ms: Some(INVITE_TTL_MS) }).await {
+            Ok(answer) => return Ok(answer.token),
             Err(error) if error.retryable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -499,15 +508,15 @@ struct ClaimTrip {
 /// the polls pause.
 async fn claim_trip(clients: &mut [Option<Client>], claimer: usize, id: &str) -> anyhow::Result<ClaimTrip> {
     let mut client = clients[claimer].take().context("the claiming node's client is missing")?;
-    let body = json!({ "task": id });
+    let request = ClaimTask { task: Some(id.to_owned()), ..ClaimTask::default() };
     let sent = Instant::now();
     let claim = tokio::spawn(async move {
-        let answer = client.request(Method::POST, "/v1/claim", Some(body)).await;
+        let answer = client.call::<route::Claim>(&(), &request).await;
         (client, answer, Instant::now())
     });
-    let path = format!("/v1/tasks/{}", path_segment(id));
+    let task = TaskId::new(id)?;
     let mut others: Vec<&mut Client> = clients.iter_mut().flatten().collect();
-    let visible = visible_everywhere(&mut others, &path).await;
+    let visible = visible_everywhere(&mut others, &task).await;
     let (client, answer, acknowledged) = claim.await?;
     clients[claimer] = Some(client);
     answer.with_context(|| format!("the claim of {id} on node {} failed", claimer + 1))?;
@@ -516,7 +525,7 @@ async fn claim_trip(clients: &mut [Option<Client>], claimer: usize, id: &str) ->
 
 /// Polls every client's node, all at once, until each shows the task claimed; returns when
 /// the last one answered so.
-async fn visible_everywhere(clients: &mut [&mut Client], path: &str) -> anyhow::Result<Instant> {
+async fn visible_everywhere(clients: &mut [&mut Client], path: &TaskId) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + MESH_TIMEOUT;
     let mut seen_at: Vec<Option<Instant>> = vec![None; clients.len()];
     loop {
@@ -526,7 +535,7 @@ async fn visible_everywhere(clients: &mut [&mut Client], path: &str) -> anyhow::
             .enumerate()
             .filter(|(_, (_, seen))| seen.is_none())
             .map(|(index, (client, _))| async move {
-                let task: TaskView = client.request(Method::GET, path, None).await?.json()?;
+                let task = client.call::<route::TaskShow>(path, &Empty {}).await?;
                 anyhow::Ok((index, (task.status == TaskStatus::Claimed).then(Instant::now)))
             })
             .collect();
@@ -637,15 +646,11 @@ impl StormWorker {
         for task in (self.offset..self.ids.len()).step_by(STORM_CLIENTS_PER_NODE) {
             let id = &self.ids[task];
             let sent = Instant::now();
-            let acknowledged = match client.request(Method::POST, "/v1/claim", Some(json!({ "task": id }))).await {
-                Ok(answer) => {
-                    let view: TaskView = answer.json()?;
-                    Some(
-                        view.holder
-                            .with_context(|| format!("the claim of {id} was answered without a holder"))?
-                            .claim_id,
-                    )
-                }
+            let request = ClaimTask { task: Some(id.clone()), ..ClaimTask::default() };
+            let acknowledged = match client.call::<route::Claim>(&(), &request).await {
+                Ok(view) => Some(
+                    view.holder.with_context(|| format!("the claim of {id} was answered without a holder"))?.claim_id,
+                ),
                 Err(error) if matches!(error.code, ErrorCode::Conflict | ErrorCode::InvalidTransition) => None,
                 Err(error) => return Err(error).with_context(|| format!("the claim of {id} failed")),
             };
@@ -662,7 +667,7 @@ async fn agreed_holders(mesh: &Mesh, ids: &[String]) -> anyhow::Result<(Instant,
     let deadline = Instant::now() + MESH_TIMEOUT;
     loop {
         let lists = join_all(clients.iter_mut().map(|client| async move {
-            let tasks: Vec<TaskView> = client.request(Method::GET, "/v1/tasks?status=claimed", None).await?.json()?;
+            let tasks = client.call::<route::TaskList>(&(), &statuses("claimed")).await?;
             anyhow::Ok(holders_of(&tasks, ids))
         }))
         .await;
@@ -795,10 +800,9 @@ async fn wait_merged(node: &BenchNode, tasks: usize) -> anyhow::Result<Instant> 
     let mut client = Client::connect(&node.home).await?;
     let deadline = Instant::now() + MESH_TIMEOUT;
     loop {
-        let status: NodeStatus = client.request(Method::GET, "/v1/status", None).await?.json()?;
+        let status = client.call::<route::Status>(&(), &Empty {}).await?;
         if status.tasks >= tasks {
-            let unfinished: Vec<TaskView> =
-                client.request(Method::GET, "/v1/tasks?status=open&status=claimed", None).await?.json()?;
+            let unfinished = client.call::<route::TaskList>(&(), &statuses("open,claimed")).await?;
             if unfinished.is_empty() {
                 return Ok(Instant::now());
             }
@@ -815,7 +819,7 @@ async fn wait_connected(node: &BenchNode) -> anyhow::Result<Instant> {
     let mut client = Client::connect(&node.home).await?;
     let deadline = Instant::now() + MESH_TIMEOUT;
     loop {
-        let status: NodeStatus = client.request(Method::GET, "/v1/status", None).await?.json()?;
+        let status = client.call::<route::Status>(&(), &Empty {}).await?;
         if status.peers.iter().any(|peer| peer.connected) {
             return Ok(Instant::now());
         }
@@ -846,7 +850,7 @@ async fn same_statuses(nodes: &[BenchNode]) -> anyhow::Result<bool> {
     let mut views = Vec::with_capacity(nodes.len());
     for node in nodes {
         let mut client = Client::connect(&node.home).await?;
-        let tasks: Vec<TaskView> = client.request(Method::GET, "/v1/tasks", None).await?.json()?;
+        let tasks = client.call::<route::TaskList>(&(), &ListTasks::default()).await?;
         let statuses: BTreeMap<String, TaskStatus> =
             tasks.into_iter().map(|task| (task.id.as_str().to_owned(), task.status)).collect();
         views.push(statuses);
@@ -856,4 +860,9 @@ async fn same_statuses(nodes: &[BenchNode]) -> anyhow::Result<bool> {
 
 fn met_or_not(met: bool) -> &'static str {
     if met { "**met**" } else { "**not met**" }
+}
+
+/// The `task list` filter of these statuses (`open,claimed`).
+fn statuses(statuses: &str) -> ListTasks {
+    ListTasks { status: Some(statuses.to_owned()) }
 }

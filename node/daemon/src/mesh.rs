@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 
 use meshwork_crdt::sync::{SyncInput, SyncOutput};
 use meshwork_crdt::{QueueDoc, Replica, Touched};
-use meshwork_protocol::api::MessageView;
 use meshwork_protocol::api::{InviteView, JoinedView};
+use meshwork_protocol::api::{MemberView, MessageView};
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::hlc::HLC_DRIFT_MS_MAX;
 use meshwork_protocol::identity::hex;
@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::queue::{Answer, Command, QueueActor, QueueHandle, now_ms, to_json};
+use crate::clock::now_ms;
 use crate::home::MeshFile;
 use crate::net::{Allowlist, NetCommand};
+use crate::queue::{Command, QueueActor, QueueHandle, Reply};
 use crate::store;
 
 /// What the network and the API ask of the actor about the mesh.
@@ -60,7 +61,7 @@ pub(crate) enum MeshCommand {
     Push,
     Invite {
         ttl_ms: Option<u64>,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<InviteView>,
     },
     Admit {
         peer: NodeId,
@@ -69,21 +70,21 @@ pub(crate) enum MeshCommand {
     },
     Join {
         token: String,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<JoinedView>,
     },
     Adopt {
         token: InviteToken,
         document: Vec<u8>,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<JoinedView>,
     },
     Remove {
         node: NodeId,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<Vec<MemberView>>,
     },
     InboxRead {
         agent: AgentName,
         unread: bool,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<Vec<MessageView>>,
     },
 }
 
@@ -110,7 +111,7 @@ impl QueueHandle {
         self.mesh(MeshCommand::SyncClosed { peer, link }).await;
     }
 
-    pub(crate) async fn invite(&self, ttl_ms: Option<u64>) -> Answer {
+    pub(crate) async fn invite(&self, ttl_ms: Option<u64>) -> Result<InviteView, ErrorBody> {
         self.ask(|reply| MeshCommand::Invite { ttl_ms, reply }).await
     }
 
@@ -125,24 +126,24 @@ impl QueueHandle {
         answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 
-    pub(crate) async fn join(&self, token: String) -> Answer {
+    pub(crate) async fn join(&self, token: String) -> Result<JoinedView, ErrorBody> {
         self.ask(|reply| MeshCommand::Join { token, reply }).await
     }
 
-    pub(crate) async fn remove_member(&self, node: NodeId) -> Answer {
+    pub(crate) async fn remove_member(&self, node: NodeId) -> Result<Vec<MemberView>, ErrorBody> {
         self.ask(|reply| MeshCommand::Remove { node, reply }).await
     }
 
-    pub(crate) async fn inbox_read(&self, agent: AgentName, unread: bool) -> Answer {
+    pub(crate) async fn inbox_read(&self, agent: AgentName, unread: bool) -> Result<Vec<MessageView>, ErrorBody> {
         self.ask(|reply| MeshCommand::InboxRead { agent, unread, reply }).await
     }
 
-    async fn ask(&self, command: impl FnOnce(oneshot::Sender<Answer>) -> MeshCommand) -> Answer {
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> MeshCommand) -> Result<T, ErrorBody> {
         let (reply, answer) = oneshot::channel();
         if !self.mesh(command(reply)).await {
-            return Err(super::queue::unavailable());
+            return Err(crate::queue::unavailable());
         }
-        answer.await.unwrap_or_else(|_| Err(super::queue::unavailable()))
+        answer.await.unwrap_or_else(|_| Err(crate::queue::unavailable()))
     }
 }
 
@@ -397,6 +398,11 @@ impl QueueActor {
         for error in &duties.errors {
             warn!(%error, "a duty after the merge was not written");
         }
+        // The events of the merge and of the duties' own changes (votes can make a quorum
+        // claim count), told before the duties are durable: they describe the replica.
+        let mut told = touched.clone();
+        told.tasks.extend(duties.acks.iter().map(|ack| ack.task.clone()));
+        self.publish_events(&told, &duties.notices);
         if duties.changes.is_empty() {
             return;
         }
@@ -421,7 +427,7 @@ impl QueueActor {
         self.net.send(NetCommand::Allow(self.allowlist()));
     }
 
-    fn invite(&mut self, ttl_ms: Option<u64>) -> Answer {
+    fn invite(&mut self, ttl_ms: Option<u64>) -> Result<InviteView, ErrorBody> {
         let ttl = invite_ttl(ttl_ms)?;
         if self.net.facts().offline {
             return Err(ErrorBody::new(
@@ -451,11 +457,7 @@ impl QueueActor {
         self.send_allowlist();
         let token = InviteToken { mesh, inviter: node, addrs, secret, expires_ms };
         info!(expires = %format_rfc3339_ms(expires_ms), "issued an invite");
-        Ok(to_json(&InviteView {
-            token: token.encode(),
-            mesh_id: mesh.to_string(),
-            expires_at: format_rfc3339_ms(expires_ms),
-        }))
+        Ok(InviteView { token: token.encode(), mesh_id: mesh.to_string(), expires_at: format_rfc3339_ms(expires_ms) })
     }
 
     /// The addresses a joiner should try, loopback last (it only works on this machine).
@@ -507,11 +509,12 @@ impl QueueActor {
             return Err(refuse(ErrorCode::Internal, "the inviter could not store the membership record"));
         }
         info!(%peer, "admitted a new member");
+        self.publish_events(&Touched { members: true, ..Touched::default() }, &[]);
         self.send_allowlist();
         Ok(self.replica.doc().save())
     }
 
-    fn join(&mut self, token_text: String, reply: oneshot::Sender<Answer>) {
+    fn join(&mut self, token_text: String, reply: Reply<JoinedView>) {
         let token = match InviteToken::decode(&token_text) {
             Ok(token) => token,
             Err(error) => {
@@ -546,7 +549,7 @@ impl QueueActor {
                             let _ = reply.send(Err(unreachable_or_expired(error, token.expires_ms, now_ms())));
                         }
                         Err(_) => {
-                            let _ = reply.send(Err(super::queue::unavailable()));
+                            let _ = reply.send(Err(crate::queue::unavailable()));
                         }
                     }
                 });
@@ -555,7 +558,7 @@ impl QueueActor {
     }
 
     /// Whether a join may go ahead: `Ok(Some)` when this node already belongs to that mesh.
-    fn check_join(&self, token: &InviteToken) -> Result<Option<serde_json::Value>, ErrorBody> {
+    fn check_join(&self, token: &InviteToken) -> Result<Option<JoinedView>, ErrorBody> {
         if self.replica.mesh() == Some(token.mesh) {
             return Ok(Some(self.joined_view(&token.inviter)));
         }
@@ -584,19 +587,19 @@ impl QueueActor {
         Ok(None)
     }
 
-    fn joined_view(&self, inviter: &NodeId) -> serde_json::Value {
-        to_json(&JoinedView {
+    fn joined_view(&self, inviter: &NodeId) -> JoinedView {
+        JoinedView {
             node_id: self.replica.node().to_string(),
             mesh_id: self.replica.mesh().map(|mesh| mesh.to_string()).unwrap_or_default(),
             inviter: inviter.to_string(),
             members: self.replica.members().current().count(),
             tasks: self.replica.tasks().len(),
-        })
+        }
     }
 
     /// Takes the inviter's document as this node's own: checks it, stores it as a snapshot
     /// under a fresh boot (a new actor id), and starts syncing with the mesh.
-    async fn adopt(&mut self, token: &InviteToken, document: Vec<u8>) -> Answer {
+    async fn adopt(&mut self, token: &InviteToken, document: Vec<u8>) -> Result<JoinedView, ErrorBody> {
         let invalid = |what: String| ErrorBody::new(ErrorCode::InvalidInput, what);
         let (doc, bad) = QueueDoc::load(Some(&document), &[])
             .map_err(|error| invalid(format!("the inviter's document does not load: {error}")))?;
@@ -641,6 +644,8 @@ impl QueueActor {
             warn!(error = %format!("{error:#}"), "could not update mesh.json");
         }
         info!(mesh = %token.mesh, inviter = %token.inviter, "joined the mesh");
+        // Another mesh's queue: its state is the starting point, not news.
+        self.digest = meshwork_crdt::events::EventDigest::of(&self.replica);
         self.send_allowlist();
         Ok(self.joined_view(&token.inviter))
     }
@@ -671,7 +676,7 @@ impl QueueActor {
     }
 
     /// `mesh remove NODE`: a membership record that removes it; its link is cut at once.
-    async fn remove_member(&mut self, node: NodeId) -> Answer {
+    async fn remove_member(&mut self, node: NodeId) -> Result<Vec<MemberView>, ErrorBody> {
         let Some(member) = self.replica.members().get(&node).cloned() else {
             return Err(ErrorBody::new(ErrorCode::NotFound, format!("{node} is not a member of this mesh")));
         };
@@ -692,11 +697,11 @@ impl QueueActor {
             self.send_allowlist();
             self.close_link(node, "removed from the mesh");
         }
-        Ok(to_json(&self.member_views()))
+        Ok(self.member_views())
     }
 
     /// `inbox read`: the agent's messages; those returned are marked read.
-    async fn inbox_read(&mut self, agent: AgentName, unread: bool) -> Answer {
+    async fn inbox_read(&mut self, agent: AgentName, unread: bool) -> Result<Vec<MessageView>, ErrorBody> {
         let to = AgentId { agent, node: self.replica.node() };
         let entries: Vec<_> = self.replica.inbox(&to).into_iter().filter(|entry| !unread || !entry.read).collect();
         let views: Vec<MessageView> = entries
@@ -724,7 +729,7 @@ impl QueueActor {
             Ok(None) => {}
             Err(error) => warn!(%error, "could not mark messages read"),
         }
-        Ok(to_json(&views))
+        Ok(views)
     }
 
     /// Peers for `node status`: every other member, with what the network knows of it.
@@ -762,10 +767,10 @@ mod tests {
     use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
     use super::*;
-    use crate::daemon::queue::{Query, QueryAnswer};
-    use crate::daemon::{init, queue_actor, recover};
     use crate::home::Home;
     use crate::net::NetHandle;
+    use crate::queue::{ExportFormat, Query};
+    use crate::{init, queue_actor, recover};
 
     /// A node whose mesh has `peer` as a member, running its queue actor.
     async fn node_with_member(
@@ -782,22 +787,20 @@ mod tests {
         let changes = recovery.replica.change_membership(&key, membership, now_ms()).unwrap();
         recovery.store.write(vec![Frame::Changes(changes)]).await.unwrap();
         let (net, commands) = NetHandle::new(false);
-        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone()).spawn();
+        let events = crate::events::EventBus::new(recovery.boot);
+        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone(), events).spawn();
         (dir, queue, commands, net)
     }
 
     async fn export(queue: &QueueHandle) -> serde_json::Value {
-        match queue.query(Query::ExportJson).await.unwrap() {
-            QueryAnswer::Json(value) => value,
-            QueryAnswer::Bytes(_) => panic!("the JSON export is JSON"),
-        }
+        let bytes = queue.query(|reply| Query::Export(ExportFormat::Json, reply)).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     async fn bad_frames_of(queue: &QueueHandle, peer: &NodeId) -> u64 {
-        let QueryAnswer::Json(status) = queue.query(Query::Status).await.unwrap() else { panic!("status is JSON") };
-        let peers = status["peers"].as_array().cloned().unwrap_or_default();
-        let entry = peers.iter().find(|entry| entry["node_id"] == peer.to_string().as_str()).cloned();
-        entry.and_then(|entry| entry["bad_frames"].as_u64()).unwrap_or(0)
+        let status = queue.query(Query::Status).await.unwrap();
+        let peer = peer.to_string();
+        status.peers.iter().find(|entry| entry.node_id == peer).map_or(0, |entry| entry.bad_frames)
     }
 
     /// Sends `bytes` on a fresh sync link and returns once the node has cut the link off.
@@ -869,7 +872,9 @@ mod tests {
             members: [key.node_id(), member].iter().map(|node| node.peer_id().unwrap()).collect(),
             invites_open_until_ms: 0,
         };
-        let network = crate::net::Network::new(&key, &config, queue, net.clone(), allow).unwrap();
+        let network =
+            crate::net::Network::new(&key, &config, queue, net.clone(), allow, crate::events::EventBus::new(1))
+                .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(network.run(commands, stop.clone()));
         let mut listen = None;

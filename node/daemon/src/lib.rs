@@ -1,14 +1,24 @@
 //! The node daemon: opens the home, recovers the document, and serves the local API until
 //! SIGINT, SIGTERM or `node stop`.
 //!
+//! This crate is the only one that knows libp2p and the store. The `meshwork` binary calls
+//! [`init`], [`start`] and [`local_caps`]; every other command reaches a running node through
+//! the typed client (`meshwork-client`).
+//!
 //! Start-up order matters: the home lock, then a fresh boot number (persisted before any
 //! write, so an actor id is never reused), then recovery, then the queue actor, then the
 //! socket. Shutdown runs the other way and flushes the store last.
 
 mod api;
+pub mod clock;
+mod events;
+mod home;
 mod mesh;
+mod net;
+mod probe;
 mod queue;
 mod start_caches;
+mod store;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use meshwork_crdt::events::EventDigest;
 use meshwork_crdt::{CacheUse, QueueDoc, Replica};
 use meshwork_protocol::api::InitView;
 use meshwork_protocol::storage::Frame;
@@ -24,17 +35,32 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::StartOptions;
+use crate::clock::now_ms;
+use crate::events::EventBus;
 use crate::home::{Config, Home, MeshFile, default_node_name};
 use crate::net::{NetConfig, NetHandle, Network};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
-use crate::store::{self, StoreConfig, StoreHandle};
-use queue::{NodeFacts, QueueActor, RequestTable};
-pub(crate) use queue::{QueueHandle, now_ms};
+use crate::queue::{NodeFacts, QueueActor, RequestTable};
+use crate::store::{StoreConfig, StoreHandle};
+
+/// How `meshwork node start` runs the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Listen on these multiaddrs; QUIC and TCP on all interfaces when empty.
+    pub listen: Vec<String>,
+    /// Dial these peers' multiaddrs.
+    pub peers: Vec<String>,
+    /// Do not discover peers on the local network.
+    pub no_mdns: bool,
+    /// Neither listen nor dial.
+    pub offline: bool,
+    /// Serve the web dashboard on this address.
+    pub dashboard: Option<String>,
+}
 
 /// `meshwork init`: creates the home, the key and a mesh of one. Run again, it reports the
 /// home as it is.
-pub(crate) fn init(root: &Path, name: Option<&str>) -> anyhow::Result<InitView> {
+pub fn init(root: &Path, name: Option<&str>) -> anyhow::Result<InitView> {
     let home = Home::new(root.to_path_buf());
     if home.is_initialised() {
         return init_view(&home);
@@ -71,7 +97,7 @@ fn init_view(home: &Home) -> anyhow::Result<InitView> {
 }
 
 /// This machine's probe, measured now (`meshwork caps` works without a running node).
-pub(crate) fn local_caps(root: &Path) -> anyhow::Result<Probe> {
+pub fn local_caps(root: &Path) -> anyhow::Result<Probe> {
     let home = Home::new(root.to_path_buf());
     let config = home.load_config().ok();
     Ok(probe_machine(&probe_config(&home, config.as_ref())))
@@ -88,7 +114,7 @@ fn probe_config(home: &Home, config: Option<&Config>) -> ProbeConfig {
 }
 
 /// `meshwork node start`: runs the node in the foreground until it is told to stop.
-pub(crate) fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
+pub fn start(root: &Path, options: StartOptions) -> anyhow::Result<()> {
     init_tracing();
     if options.dashboard.is_some() {
         warn!("the dashboard is not part of this build yet; --dashboard is ignored");
@@ -141,6 +167,8 @@ struct Recovery {
     store: StoreHandle,
     requests: RequestTable,
     skipped: Vec<String>,
+    /// This start's boot number: it orders actor ids and event ids.
+    boot: u32,
 }
 
 fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
@@ -193,12 +221,21 @@ fn recover(home: &Home, key: &NodeKey) -> anyhow::Result<Recovery> {
         );
     }
     let store = StoreHandle::spawn(writer)?;
-    Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped })
+    Ok(Recovery { replica, store, requests: RequestTable::from_recovered(recovered.requests), skipped, boot })
 }
 
 /// The queue actor over a recovered replica, before it runs.
-fn queue_actor(home: &Home, key: Arc<NodeKey>, config: &Config, recovery: Recovery, net: NetHandle) -> QueueActor {
+fn queue_actor(
+    home: &Home,
+    key: Arc<NodeKey>,
+    config: &Config,
+    recovery: Recovery,
+    net: NetHandle,
+    events: EventBus,
+) -> QueueActor {
     QueueActor {
+        digest: EventDigest::of(&recovery.replica),
+        events,
         replica: recovery.replica,
         key,
         store: recovery.store,
@@ -230,7 +267,8 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let recovery = recover(&home, &key)?;
     info!(node_id = %key.node_id(), tasks = recovery.replica.tasks().len(), "recovered the queue");
     let (net, net_commands) = NetHandle::new(network.is_none());
-    let actor = queue_actor(&home, Arc::clone(&key), &config, recovery, net.clone());
+    let events = EventBus::new(recovery.boot);
+    let actor = queue_actor(&home, Arc::clone(&key), &config, recovery, net.clone(), events.clone());
     // With no probe of this machine in the document yet (a first start), gates could refuse
     // every task with requirements: probe before serving. Later starts serve at once with
     // the stored probe and refresh it in the background.
@@ -244,7 +282,7 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let network_task = match network {
         Some(config) => {
-            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist)?;
+            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist, events.clone())?;
             Some(tokio::spawn(network.run(net_commands, shutdown.clone())))
         }
         None => {
@@ -254,7 +292,12 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
         }
     };
     let listener = bind_socket(&home)?;
-    let router = api::router(api::ApiState { queue: queue.clone(), shutdown: shutdown.clone() });
+    let router = api::router(api::ApiState {
+        queue: queue.clone(),
+        shutdown: shutdown.clone(),
+        events,
+        node_id: key.node_id().to_string(),
+    });
     let server =
         tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(stop_signal(shutdown.clone())).into_future());
     let mode = if network_task.is_some() { "online" } else { "offline" };

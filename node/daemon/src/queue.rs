@@ -10,16 +10,22 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshwork_crdt::{Applied, OpError, Replica, Speaker};
-use meshwork_protocol::api::{AddTask, ClaimTask, EditTask, HandoffRequest, NodeStatus, StorageView, TaskStatus};
+use meshwork_crdt::events::EventDigest;
+use meshwork_crdt::inbox::Notice;
+use meshwork_crdt::{Applied, OpError, Replica, Speaker, Touched};
+use meshwork_protocol::api::{
+    AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
+};
 use meshwork_protocol::error::ErrorBody;
+use meshwork_protocol::event::Event;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
+use crate::events::EventBus;
 use crate::store::StoreHandle;
 
 /// Requests waiting for the actor.
@@ -31,8 +37,11 @@ const COMPACT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 /// At a clean stop, a log longer than this is compacted so the next start is quick.
 const COMPACT_ON_STOP_LOG_BYTES: u64 = 1024 * 1024;
 
-/// An operation's answer: the JSON to print, or a contract error.
-pub(crate) type Answer = Result<Value, ErrorBody>;
+/// A mutation's answer: the task as it now stands, or a contract error.
+pub(crate) type Answer = Result<TaskView, ErrorBody>;
+
+/// Where the actor sends one typed answer.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
 
 /// Every operation that changes the queue.
 #[derive(Debug, Clone)]
@@ -50,25 +59,27 @@ pub(crate) enum Mutation {
     Approve(TaskId),
 }
 
-/// Every question about the queue.
-#[derive(Debug, Clone)]
+/// Every question about the queue, each with where its typed answer goes.
+#[derive(Debug)]
 pub(crate) enum Query {
-    Task(TaskId),
-    List(Vec<TaskStatus>),
-    Ready { all: bool },
-    ExportJson,
-    ExportJsonl,
-    ExportAutomerge,
-    Members,
-    Caps,
-    Status,
+    Task(TaskId, Reply<TaskView>),
+    List(Vec<TaskStatus>, Reply<Vec<TaskView>>),
+    Ready { all: bool, reply: Reply<Vec<TaskView>> },
+    Export(ExportFormat, Reply<Vec<u8>>),
+    Members(Reply<Vec<MemberView>>),
+    Caps(Reply<Probe>),
+    Status(Reply<NodeStatus>),
 }
 
-/// What a query returns: JSON, or raw bytes (the Automerge export).
-#[derive(Debug)]
-pub(crate) enum QueryAnswer {
-    Json(Value),
-    Bytes(Vec<u8>),
+/// The shapes `GET /v1/export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExportFormat {
+    /// The canonical JSON export (one document).
+    Json,
+    /// One task object per line.
+    Jsonl,
+    /// The raw Automerge document.
+    Automerge,
 }
 
 pub(super) enum Command {
@@ -78,18 +89,15 @@ pub(super) enum Command {
         mutation: Box<Mutation>,
         reply: oneshot::Sender<Answer>,
     },
-    Query {
-        query: Query,
-        reply: oneshot::Sender<Result<QueryAnswer, ErrorBody>>,
-    },
+    Query(Query),
     PublishProbe {
         probe: Box<Probe>,
-        reply: oneshot::Sender<Answer>,
+        reply: Reply<()>,
     },
     Stop {
         reply: oneshot::Sender<()>,
     },
-    Mesh(Box<super::mesh::MeshCommand>),
+    Mesh(Box<crate::mesh::MeshCommand>),
     /// A claim's settle time passed: check it still wins, then answer.
     Settled(Box<SettledClaim>),
 }
@@ -130,9 +138,10 @@ impl QueueHandle {
         answer.await.unwrap_or_else(|_| Err(unavailable()))
     }
 
-    pub(crate) async fn query(&self, query: Query) -> Result<QueryAnswer, ErrorBody> {
+    /// Asks one question; `query` builds it around the reply channel.
+    pub(crate) async fn query<T>(&self, query: impl FnOnce(Reply<T>) -> Query) -> Result<T, ErrorBody> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Query { query, reply }).await.map_err(|_| unavailable())?;
+        self.commands.send(Command::Query(query(reply))).await.map_err(|_| unavailable())?;
         answer.await.unwrap_or_else(|_| Err(unavailable()))
     }
 
@@ -205,6 +214,9 @@ impl RequestTable {
 /// Everything the actor owns.
 pub(crate) struct QueueActor {
     pub(crate) replica: Replica,
+    /// What the last published events were derived from.
+    pub(crate) digest: EventDigest,
+    pub(crate) events: EventBus,
     pub(crate) key: Arc<NodeKey>,
     pub(crate) store: StoreHandle,
     pub(crate) requests: RequestTable,
@@ -220,9 +232,9 @@ pub(crate) struct QueueActor {
     /// The sync engine: one session per connected member.
     pub(crate) engine: meshwork_crdt::sync::SyncEngine,
     /// The open sync link per peer.
-    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, super::mesh::Link>,
+    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, crate::mesh::Link>,
     pub(crate) net: crate::net::NetHandle,
-    pub(crate) invites: super::mesh::Invites,
+    pub(crate) invites: crate::mesh::Invites,
     /// Set while a push is queued, so a burst of durable writes makes one push, not one each.
     pub(crate) push_queued: Arc<AtomicBool>,
     /// The actor's own command channel, for work that comes back to it (pushes, settles).
@@ -235,11 +247,6 @@ impl std::fmt::Debug for QueueActor {
     }
 }
 
-/// Milliseconds since the Unix epoch by this machine's clock.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 impl QueueActor {
     /// Starts the actor on the current tokio runtime.
     pub(crate) fn spawn(mut self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
@@ -250,14 +257,23 @@ impl QueueActor {
     }
 
     async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
-        while let Some(command) = receiver.recv().await {
+        loop {
+            // Lease events come from the clock: wake when the next one is due.
+            let lease_due_ms = self.digest.next_lease_event_ms();
+            let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
+            let command = tokio::select! {
+                command = receiver.recv() => command,
+                () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
+                    self.publish_lease_events();
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::Mutate { agent, request_id, mutation, reply } => {
                     self.mutate(agent, request_id, *mutation, reply).await
                 }
-                Command::Query { query, reply } => {
-                    let _ = reply.send(self.query(query));
-                }
+                Command::Query(query) => self.query(query),
                 Command::PublishProbe { probe, reply } => self.publish_probe(*probe, reply).await,
                 Command::Stop { reply } => {
                     self.stop().await;
@@ -291,7 +307,7 @@ impl QueueActor {
         let now = now_ms();
         let outcome = self.apply(&agent, &mutation, now);
         let answer: Answer = match &outcome {
-            Ok(applied) => Ok(self.task_json(&applied.task)),
+            Ok(applied) => self.task_answer(&applied.task),
             Err(error) => Err(error.to_error_body()),
         };
         let mut frames = Vec::new();
@@ -312,6 +328,11 @@ impl QueueActor {
                 warn!(%error, "a duty after a local operation was not written");
             }
             frames.extend(duties.changes.into_iter().map(Frame::Changes));
+            let touched = Touched {
+                tasks: duties.acks.iter().map(|ack| ack.task.clone()).chain([applied.task.clone()]).collect(),
+                ..Touched::default()
+            };
+            self.publish_events(&touched, &duties.notices);
         }
         // A quorum claim's answer is known only once its majority arrived (or did not).
         let quorum_timeout_ms = match &mutation {
@@ -377,7 +398,7 @@ impl QueueActor {
         let still_ours =
             holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
         if still_ours {
-            let won: Answer = Ok(self.task_json(task));
+            let won: Answer = self.task_answer(task);
             return self.answer_settled(settled, won).await;
         }
         // A quorum claim still waiting for its majority.
@@ -440,7 +461,12 @@ impl QueueActor {
     }
 
     /// Hands frames to the store and answers once they are durable.
-    async fn write_then_answer(&mut self, frames: Vec<Frame>, answer: Answer, reply: oneshot::Sender<Answer>) {
+    async fn write_then_answer<T: Send + 'static>(
+        &mut self,
+        frames: Vec<Frame>,
+        answer: Result<T, ErrorBody>,
+        reply: Reply<T>,
+    ) {
         if frames.is_empty() {
             let _ = reply.send(answer);
             return;
@@ -457,7 +483,7 @@ impl QueueActor {
             let answer = match durable.await {
                 Ok(Ok(())) => {
                     if let Some(commands) = push.filter(|_| !push_queued.swap(true, Ordering::AcqRel)) {
-                        let _ = commands.send(Command::Mesh(Box::new(super::mesh::MeshCommand::Push))).await;
+                        let _ = commands.send(Command::Mesh(Box::new(crate::mesh::MeshCommand::Push))).await;
                     }
                     answer
                 }
@@ -556,56 +582,89 @@ impl QueueActor {
         }
     }
 
-    fn task_json(&self, id: &TaskId) -> Value {
-        self.replica.task(id).map_or(Value::Null, |entry| to_json(&self.replica.task_view(entry)))
+    /// Publishes the events of what `touched` changed in the replica since the last events,
+    /// and one `message_arrived` per notice this node wrote for its agents.
+    pub(crate) fn publish_events(&mut self, touched: &Touched, notices: &[Notice]) {
+        let mut events = self.digest.advance(&self.replica, touched);
+        events.extend(notices.iter().map(|notice| Event::MessageArrived {
+            agent: notice.to.agent.to_string(),
+            message_id: notice.id.clone(),
+            from: notice.message.from.clone(),
+            subject: notice.message.subject.clone(),
+            priority: notice.message.priority.clone(),
+        }));
+        events.extend(self.digest.lease_events(now_ms()));
+        if !events.is_empty() {
+            self.events.publish(events);
+        }
     }
 
-    fn query(&self, query: Query) -> Result<QueryAnswer, ErrorBody> {
+    fn publish_lease_events(&mut self) {
+        let events = self.digest.lease_events(now_ms());
+        if !events.is_empty() {
+            self.events.publish(events);
+        }
+    }
+
+    /// The task as the replica now derives it.
+    fn task_answer(&self, id: &TaskId) -> Answer {
+        let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
+        Ok(self.replica.task_view(entry))
+    }
+
+    /// Answers a question from the replica as it is; never waits.
+    fn query(&self, query: Query) {
         let replica = &self.replica;
-        let json = match query {
-            Query::Task(id) => {
-                let entry =
-                    replica.task(&id).ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")))?;
-                to_json(&replica.task_view(entry))
+        match query {
+            Query::Task(id, reply) => {
+                let _ = reply.send(self.task_answer(&id));
             }
-            Query::List(statuses) => {
-                let views: Vec<_> = replica
+            Query::List(statuses, reply) => {
+                let views = replica
                     .tasks()
                     .values()
                     .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
                     .map(|entry| replica.task_view(entry))
                     .collect();
-                to_json(&views)
+                let _ = reply.send(Ok(views));
             }
-            Query::Ready { all } => {
-                let views: Vec<_> = replica
+            Query::Ready { all, reply } => {
+                let views = replica
                     .ready_tasks()
                     .into_iter()
                     .filter(|entry| all || replica.unmet_here(entry).is_empty())
                     .map(|entry| replica.task_view(entry))
                     .collect();
-                to_json(&views)
+                let _ = reply.send(Ok(views));
             }
-            Query::ExportJson => serde_json::from_str(&replica.export_json()).unwrap_or(Value::Null),
-            Query::ExportJsonl => Value::String(replica.export_jsonl()),
-            Query::ExportAutomerge => return Ok(QueryAnswer::Bytes(replica.doc().save())),
-            Query::Members => to_json(&self.member_views()),
-            Query::Caps => {
+            Query::Export(format, reply) => {
+                let bytes = match format {
+                    ExportFormat::Json => replica.export_json().into_bytes(),
+                    ExportFormat::Jsonl => replica.export_jsonl().into_bytes(),
+                    ExportFormat::Automerge => replica.doc().save(),
+                };
+                let _ = reply.send(Ok(bytes));
+            }
+            Query::Members(reply) => {
+                let _ = reply.send(Ok(self.member_views()));
+            }
+            Query::Caps(reply) => {
                 let probe = replica.probes().latest(&replica.node()).map(|(_, entry)| entry.probe.clone());
-                let probe = probe
-                    .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, "this node has not published a probe yet"))?;
-                to_json(&probe)
+                let probe =
+                    probe.ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, "this node has not published a probe yet"));
+                let _ = reply.send(probe);
             }
-            Query::Status => to_json(&self.status()),
-        };
-        Ok(QueryAnswer::Json(json))
+            Query::Status(reply) => {
+                let _ = reply.send(Ok(self.status()));
+            }
+        }
     }
 
-    pub(super) fn member_views(&self) -> Vec<meshwork_crdt::export::MemberView> {
+    pub(super) fn member_views(&self) -> Vec<MemberView> {
         self.replica
             .members()
             .current()
-            .map(|member| meshwork_crdt::export::MemberView {
+            .map(|member| MemberView {
                 node_id: member.node.to_string(),
                 name: member.name.clone(),
                 added_by: member.added_by.to_string(),
@@ -651,15 +710,16 @@ impl QueueActor {
     }
 
     /// Publishes the probe when it changed; `reply` is answered once it is durable.
-    async fn publish_probe(&mut self, probe: Probe, reply: oneshot::Sender<Answer>) {
+    async fn publish_probe(&mut self, probe: Probe, reply: Reply<()>) {
         let key = Arc::clone(&self.key);
         match self.replica.publish_probe(&key, probe, now_ms()) {
             Ok(Some(changes)) => {
                 info!("publishing this machine's probe");
-                self.write_then_answer(vec![Frame::Changes(changes)], Ok(Value::Null), reply).await;
+                self.publish_events(&Touched { probes: true, ..Touched::default() }, &[]);
+                self.write_then_answer(vec![Frame::Changes(changes)], Ok(()), reply).await;
             }
             Ok(None) => {
-                let _ = reply.send(Ok(Value::Null));
+                let _ = reply.send(Ok(()));
             }
             Err(error) => {
                 warn!(%error, "could not publish the probe");
@@ -691,26 +751,31 @@ fn storage_failed() -> ErrorBody {
         .retryable()
 }
 
-pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
+pub(crate) fn no_task(id: &TaskId) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, format!("no task {id}"))
 }
 
-/// How an answer is kept in the idempotency table: the JSON `{"ok": ...}` or `{"error": ...}`.
+/// How an answer is kept in the idempotency table: the JSON `{"ok": TASK}` or
+/// `{"error": ERROR}` (docs/PROTOCOL.md, the request table).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KeptAnswer {
+    Ok(Box<TaskView>),
+    Error(ErrorBody),
+}
+
 fn encode_answer(answer: &Answer) -> Vec<u8> {
-    let value = match answer {
-        Ok(value) => serde_json::json!({ "ok": value }),
-        Err(error) => serde_json::json!({ "error": error }),
+    let kept = match answer {
+        Ok(task) => KeptAnswer::Ok(Box::new(task.clone())),
+        Err(error) => KeptAnswer::Error(error.clone()),
     };
-    serde_json::to_vec(&value).unwrap_or_default()
+    serde_json::to_vec(&kept).unwrap_or_default()
 }
 
 fn decode_answer(bytes: &[u8]) -> Answer {
-    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-    if let Some(ok) = value.get("ok") {
-        return Ok(ok.clone());
-    }
-    match value.get("error").cloned().map(serde_json::from_value::<ErrorBody>) {
-        Some(Ok(error)) => Err(error),
-        _ => Err(ErrorBody::new(ErrorCode::Internal, "a kept answer for this request id is damaged")),
+    match serde_json::from_slice::<KeptAnswer>(bytes) {
+        Ok(KeptAnswer::Ok(task)) => Ok(*task),
+        Ok(KeptAnswer::Error(error)) => Err(error),
+        Err(_) => Err(ErrorBody::new(ErrorCode::Internal, "a kept answer for this request id is damaged")),
     }
 }
