@@ -512,6 +512,7 @@ mod tests {
                 touched.probes |= more.probes;
                 touched.meta |= more.meta;
                 touched.inbox |= more.inbox;
+                touched.messages.extend(more.messages);
             }
         }
         assert_eq!(left.heads(), right.heads(), "the sync ran to the end");

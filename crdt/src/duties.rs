@@ -1,6 +1,12 @@
 //! What a node owes the mesh once records arrived, the same in the node and in netsim: its
-//! vote on each pending quorum claim of the touched tasks (invariant 7), and one notice to
-//! each of its agents whose claim lost (invariant 5). Asked again, it writes nothing twice.
+//! vote on each pending quorum claim of the touched tasks (invariant 7), one notice to each
+//! of its agents whose claim lost (invariant 5), and one to each whose lease ran out while it
+//! held a task. Asked again, it writes nothing twice.
+//!
+//! Duties follow merges and local writes ([`Replica::fulfil_duties_after`]). A lease runs out
+//! with no change at all, so the node also keeps a timer: it asks
+//! [`Replica::next_lease_expiry_ms`] after every change, and once its clock passes that time
+//! calls [`Replica::fulfil_expiry_duties`] with the time it reads.
 
 use meshwork_protocol::{NodeKey, TaskId};
 
@@ -31,8 +37,20 @@ impl Replica {
         self.fulfil_duties(key, &tasks, now_ms)
     }
 
-    /// Signs this node's votes and writes its lost-claim notices for these tasks, one change
-    /// each. Both are derived from the records, so a duty done once is never due again.
+    /// What is due because time passed, not because records arrived: the notice to each of
+    /// this node's agents whose held lease ran out before `now_ms` ([`Replica::expired_holdings`]),
+    /// with every other duty on those tasks. The node calls it when its lease timer fires
+    /// ([`Replica::next_lease_expiry_ms`]); called early or twice, it writes nothing.
+    pub fn fulfil_expiry_duties(&mut self, key: &NodeKey, now_ms: u64) -> Duties {
+        let tasks = self.expired_holdings(now_ms);
+        if tasks.is_empty() {
+            return Duties::default();
+        }
+        self.fulfil_duties(key, &tasks, now_ms)
+    }
+
+    /// Signs this node's votes and writes its notices (lost, taken over, counts after all,
+    /// lease ran out) for these tasks, one change each. Both are derived from the records, so a duty done once is never due again.
     pub fn fulfil_duties(&mut self, key: &NodeKey, tasks: &[TaskId], now_ms: u64) -> Duties {
         let mut duties = Duties::default();
         let acks = self.acks_due(tasks);

@@ -1,10 +1,13 @@
 //! The resolved state as the contract's JSON: task views and the canonical export.
 //!
 //! The export is a pure function of the records (invariant 1): it shows nothing that
-//! depends on the reading node's clock or identity, so equal records give equal bytes.
+//! depends on the reading node's clock or identity, so equal records give equal bytes. What
+//! the clock makes of a task (whether it is stale) is in the live views the node answers
+//! with ([`Replica::live_task_view`]), beside the task view and never inside it.
 
 use meshwork_protocol::api::{
-    CheckView, FailureView, HandoffView, HolderView, LostClaimView, ProgressView, ResultView, TaskView,
+    CheckView, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, ResultView, StaleView,
+    TaskView,
 };
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, NodeId};
@@ -121,6 +124,21 @@ impl Replica {
             created_at: format_rfc3339_ms(fields.created_at.wall_ms),
             updated_at: format_rfc3339_ms(state.updated_at.wall_ms),
         }
+    }
+
+    /// The task object a node answers with (`task show`, `task list`, `ready`, `claim`): the
+    /// task view, and whether the task is stale at `now_ms` (its holder's lease ended before
+    /// it: [`Replica::stale_holder`]). Two nodes with the same records give the same view and
+    /// may disagree on `stale` only as far as their clocks do.
+    pub fn live_task_view(&self, entry: &TaskEntry, now_ms: u64) -> LiveTaskView {
+        let stale = self.stale_holder(entry, now_ms).map(|holder| StaleView {
+            agent: agent_text(&holder.agent),
+            node_id: holder.node.to_string(),
+            node_name: self.node_name(&holder.node),
+            claim_id: holder.claim.to_string(),
+            since: format_rfc3339_ms(holder.lease_until_ms),
+        });
+        LiveTaskView { task: self.task_view(entry), stale }
     }
 
     /// Every task's view, in id order.

@@ -8,8 +8,10 @@
 //! A lost-claim notice has the id `lost-<claim record id>`: only the node that made the
 //! claim writes it, and only when that key is absent, so each lost claim is told exactly
 //! once however many merges reveal it, across restarts too. The same holds for `taken-<claim>`
-//! (a claim's lease ran out and another claim took the task over) and `won-<claim>` (a claim
-//! whose agent was told one of those holds the task after all).
+//! (a claim's lease ran out and another claim took the task over), `won-<claim>` (a claim
+//! whose agent was told one of those holds the task after all) and `expired-<claim>` (the
+//! claim still holds the task, but its lease ran out: the task is stale and anyone may take
+//! it over).
 
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
@@ -18,8 +20,9 @@ use meshwork_protocol::{AgentId, RecordId, TaskId};
 use serde::{Deserialize, Serialize};
 
 use crate::document::DocError;
+use crate::ready;
 use crate::replica::Replica;
-use crate::resolve::LossReason;
+use crate::resolve::{Holder, LossReason};
 
 /// Who sends the notices the node writes itself.
 pub const NODE_SENDER: &str = "meshwork";
@@ -83,6 +86,12 @@ pub fn taken_over_notice_id(claim: &RecordId) -> String {
     format!("taken-{claim}")
 }
 
+/// The id of the notice that a claim that holds its task let its lease run out: the task is
+/// stale, and any agent may take it over.
+pub fn expired_notice_id(claim: &RecordId) -> String {
+    format!("expired-{claim}")
+}
+
 impl Replica {
     /// The messages of one agent, oldest first, then by id.
     pub fn inbox(&self, to: &AgentId) -> Vec<InboxEntry> {
@@ -123,8 +132,9 @@ impl Replica {
 
     /// The notices this node owes its agents for these tasks, unless written before: one per
     /// lost claim this node made for a named agent, one per lease of theirs another claim took
-    /// over (unless the agent finished the task itself), and one when a claim they were told
-    /// of so holds the task after all.
+    /// over (unless the agent finished the task itself), one when a claim they were told of so
+    /// holds the task after all, and one when a claim of theirs that holds its task let its
+    /// lease run out before `now_ms` (the task is stale: [`Replica::stale_holder`]).
     pub fn notices_due<'a>(&self, tasks: impl IntoIterator<Item = &'a TaskId>, now_ms: u64) -> Vec<Notice> {
         let node = self.node();
         let mut due = Vec::new();
@@ -185,6 +195,9 @@ impl Replica {
             let Some(holder) = entry.state.holder.as_ref().filter(|holder| holder.node == node) else { continue };
             let Some(agent) = &holder.agent else { continue };
             let to = AgentId { agent: agent.clone(), node };
+            if let Some(notice) = self.expired_notice(id, holder, &to, now_ms) {
+                due.push(notice);
+            }
             let told_lost = self.has_key(&message_key(&to, &lost_notice_id(&holder.claim)))
                 || self.has_key(&message_key(&to, &taken_over_notice_id(&holder.claim)));
             let notice_id = reinstated_notice_id(&holder.claim);
@@ -205,6 +218,59 @@ impl Replica {
             }
         }
         due
+    }
+
+    /// The notice that this node's holder let its lease run out, if it did before `now_ms` by
+    /// the records and was not told yet. Only a current holder is told: a task finished,
+    /// released or taken over meanwhile has none (a takeover has its own notice), so each
+    /// claim is told at most once, and never about a task that moved on.
+    fn expired_notice(&self, id: &TaskId, holder: &Holder, to: &AgentId, now_ms: u64) -> Option<Notice> {
+        let notice_id = expired_notice_id(&holder.claim);
+        if !ready::is_stale(holder.lease_until_ms, now_ms) || self.has_key(&message_key(to, &notice_id)) {
+            return None;
+        }
+        let until = meshwork_protocol::time::format_rfc3339_ms(holder.lease_until_ms);
+        let message = Message {
+            from: NODE_SENDER.to_owned(),
+            subject: format!("lease on {id} ran out"),
+            body: format!(
+                "Your lease on {id} ran out at {until} and was not renewed in time: the task is stale, and any agent \
+                 may take it over (`ready` offers it, `claim --next` takes it). If you are still at work, finish or \
+                 release it now: `renew` is refused once a lease ran out."
+            ),
+            priority: "urgent".to_owned(),
+            at_ms: now_ms,
+            task: Some(id.to_string()),
+        };
+        Some(Notice { to: to.clone(), id: notice_id, message })
+    }
+
+    /// Tasks one of this node's agents holds whose lease ran out before `now_ms` and whose
+    /// holder was not told yet: what [`Replica::fulfil_expiry_duties`] works on.
+    pub fn expired_holdings(&self, now_ms: u64) -> Vec<TaskId> {
+        self.own_untold_holders()
+            .filter(|(_, holder)| ready::is_stale(holder.lease_until_ms, now_ms))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// When the next lease of this node's agents runs out whose holder was not told yet: the
+    /// node sets a timer for just after it (the lease holds through this millisecond) and then
+    /// calls [`Replica::fulfil_expiry_duties`]. `None` when no such lease is held. A renewal
+    /// moves it later, a new claim can move it earlier: ask again after every change.
+    pub fn next_lease_expiry_ms(&self) -> Option<u64> {
+        self.own_untold_holders().map(|(_, holder)| holder.lease_until_ms).min()
+    }
+
+    /// The holders among this node's agents that have no `expired-` notice, by task.
+    fn own_untold_holders(&self) -> impl Iterator<Item = (&TaskId, &Holder)> {
+        let node = self.node();
+        self.tasks().iter().filter_map(move |(id, entry)| {
+            let holder = entry.state.holder.as_ref().filter(|holder| holder.node == node)?;
+            let agent = holder.agent.as_ref()?;
+            let to = AgentId { agent: agent.clone(), node };
+            (!self.has_key(&message_key(&to, &expired_notice_id(&holder.claim)))).then_some((id, holder))
+        })
     }
 
     fn lost_text(&self, task: &TaskId, reason: &LossReason, generation: u32) -> (String, String) {

@@ -20,6 +20,9 @@ pub mod replica;
 pub mod resolve;
 pub mod sync;
 pub mod task;
+/// Builders for tests and benchmarks; only with the `test-support` feature, which tests
+/// enable and a release build never does.
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod test_support;
 

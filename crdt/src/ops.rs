@@ -266,7 +266,11 @@ impl Replica {
         Ok(Applied { changes, task: id, record: None })
     }
 
-    /// `task edit`.
+    /// `task edit`. An edit changes the task's plain fields only: it never changes which
+    /// claim counts (claims name their own terms, invariant 4), and so never the state of a
+    /// finished task. What a finished task needed in order to run (requirements, preferences,
+    /// lease, attempts, dependencies) is settled and its edit refused (`INVALID_TRANSITION`);
+    /// its title, description and priority may still change.
     pub fn edit_task(
         &mut self,
         speaker: Speaker<'_>,
@@ -275,6 +279,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Applied, OpError> {
         let entry = self.entry_or_not_found(id)?;
+        refuse_terms_edit_of_finished(id, entry.state.status, request)?;
         let current = entry.fields.depends_on.clone();
         if let Some(title) = &request.title {
             check_text("the title", title, "TITLE_BYTES_MAX", TITLE_BYTES_MAX)?;
@@ -313,8 +318,14 @@ impl Replica {
             max_attempts: request.max_attempts,
         };
         let message = format!("edit {id} by {}", speaker.agent);
+        let status_before = self.task(id).map(|entry| entry.state.status);
         let changes = self.doc_mut().change(now_ms, &message, |tx, maps| write_edit(tx, maps, id, &edit))?;
         self.refresh_after_local(id, now_ms);
+        // Invariant 4: an edit signs nothing, and the state is a function of signed records
+        // and of claims' own terms, so it cannot move a finished task.
+        if status_before.is_some_and(TaskStatus::is_finished) {
+            assert_eq!(self.status_of(id), status_before, "invariant 4: an edit changed a finished task's state");
+        }
         Ok(Applied { changes, task: id.clone(), record: None })
     }
 
@@ -391,6 +402,8 @@ impl Replica {
             return Ok(Applied { changes: Vec::new(), task: id.clone(), record: Some(own) });
         }
         let entry = self.entry_or_not_found(id)?;
+        // The claim names the terms this node judged it by (its gate, just passed, read the
+        // same requirements): every node judges the claim by them, whatever edits arrive.
         let claim = Claim {
             task: id.clone(),
             generation,
@@ -398,6 +411,8 @@ impl Replica {
             lease_ms: entry.fields.lease_ms,
             probe: self.probes().latest(&self.node()).map(|(probe_id, _)| probe_id),
             quorum: options.quorum,
+            requires: Claim::canonical_requirements(&entry.fields.requires),
+            max_attempts: entry.fields.max_attempts,
         };
         let applied = self.put_record(speaker, id, RecordBody::Claim(claim), now_ms)?;
         let verdict =
@@ -519,18 +534,27 @@ impl Replica {
         }
     }
 
-    /// `claim --next`: the best ready task this machine can run.
+    /// `claim --next`: the first task this machine can run in claim order
+    /// ([`Replica::ready_tasks_at`]): an open ready task, or a stale one, which it takes over
+    /// (a claim of the next generation). The speaker's own stale claims are not offered back
+    /// to it: claiming them would change nothing.
     pub fn claim_next(&mut self, speaker: Speaker<'_>, now_ms: u64) -> Result<Applied, OpError> {
-        let candidates: Vec<TaskId> = self
-            .ready_tasks()
+        let node = self.node();
+        let held_by_speaker = |entry: &TaskEntry| {
+            entry
+                .state
+                .holder
+                .as_ref()
+                .is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(speaker.agent))
+        };
+        let first = self
+            .ready_tasks_at(now_ms)
             .into_iter()
-            .filter(|entry| self.unmet_here(entry).is_empty())
+            .filter(|entry| !held_by_speaker(entry))
+            .find(|entry| self.unmet_here(entry).is_empty())
             .map(|entry| entry.fields.id.clone())
-            .collect();
-        let first = candidates
-            .first()
             .ok_or_else(|| OpError::refused(ErrorCode::NotFound, "no task is ready for this machine"))?;
-        self.claim(speaker, &first.clone(), now_ms)
+        self.claim(speaker, &first, now_ms)
     }
 
     /// The speaker's won claim on a task, or `NOT_OWNER`/`INVALID_TRANSITION`.
@@ -747,6 +771,36 @@ impl Replica {
         self.refresh(&touched, now_ms);
         Ok(changes)
     }
+}
+
+/// Refuses an edit of what a finished task needed in order to run: no claim will ever be
+/// judged by it, and a failed task it reopened would not be finished any more.
+fn refuse_terms_edit_of_finished(id: &TaskId, status: TaskStatus, request: &EditTask) -> Result<(), OpError> {
+    if !status.is_finished() {
+        return Ok(());
+    }
+    let settled: Vec<&str> = [
+        (request.requires.is_some(), "requirements"),
+        (request.prefers.is_some(), "preferences"),
+        (request.lease_ms.is_some(), "lease"),
+        (request.max_attempts.is_some(), "max attempts"),
+        (!request.after.is_empty() || !request.not_after.is_empty(), "dependencies"),
+    ]
+    .into_iter()
+    .filter_map(|(asked, what)| asked.then_some(what))
+    .collect();
+    if settled.is_empty() {
+        return Ok(());
+    }
+    Err(OpError::refused(
+        ErrorCode::InvalidTransition,
+        format!(
+            "task {id} is {}: its {} no longer change once it finished; only its title, description and \
+             priority may still be edited",
+            status.as_str(),
+            settled.join(", ")
+        ),
+    ))
 }
 
 /// The acknowledgement `node` owes on one task, if any: see [`Replica::acks_due`].

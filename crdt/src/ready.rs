@@ -1,4 +1,9 @@
-//! Readiness over `depends_on`, and the cycle check that guards edits.
+//! Readiness over `depends_on`, staleness of a holder's lease, and the cycle check that
+//! guards edits.
+//!
+//! Readiness by the records alone (`is_ready`) is part of the task view and the export; a
+//! task's staleness depends on the reading node's clock, so it is a function of `now_ms`
+//! (the core reads no clock) and never part of the export (invariant 1, convergence).
 
 use std::collections::BTreeSet;
 
@@ -22,8 +27,26 @@ pub fn blocked_by(depends_on: &BTreeSet<TaskId>, status_of: impl Fn(&TaskId) -> 
 /// A task is ready when it is open, every dependency is done, and it is approved if it
 /// needs approval.
 pub fn is_ready(input: ReadyInput<'_>, status_of: impl Fn(&TaskId) -> Option<TaskStatus>) -> bool {
-    input.status == TaskStatus::Open
-        && (!input.needs_approval || input.approved)
+    input.status == TaskStatus::Open && unblocked(input, status_of)
+}
+
+/// A claimed task is **stale** at `now_ms` when its holder's lease, as last renewed in the
+/// records, ended before `now_ms`: another agent may take it over (a claim of the next
+/// generation, which counts once the records show the lease ended before its stamp). At
+/// `lease_until_ms` itself the lease still holds, as it does for the resolver and `renew`.
+pub fn is_stale(lease_until_ms: u64, now_ms: u64) -> bool {
+    lease_until_ms < now_ms
+}
+
+/// A task an agent may claim at a moment: ready, or stale (`stale` is [`is_stale`] of its
+/// holder) with every dependency done and its approval given.
+pub fn is_claimable(input: ReadyInput<'_>, stale: bool, status_of: impl Fn(&TaskId) -> Option<TaskStatus>) -> bool {
+    let takeover = stale && input.status == TaskStatus::Claimed;
+    (input.status == TaskStatus::Open || takeover) && unblocked(input, status_of)
+}
+
+fn unblocked(input: ReadyInput<'_>, status_of: impl Fn(&TaskId) -> Option<TaskStatus>) -> bool {
+    (!input.needs_approval || input.approved)
         && input.depends_on.iter().all(|dependency| status_of(dependency) == Some(TaskStatus::Done))
 }
 
@@ -94,5 +117,21 @@ mod tests {
         assert!(!is_ready(ReadyInput { status: TaskStatus::Claimed, ..input }, status(true)));
         assert!(!is_ready(input, |_: &TaskId| None));
         assert_eq!(blocked_by(&deps, status(false)), vec![id("x")]);
+    }
+
+    #[test]
+    fn a_claimed_task_is_claimable_only_once_its_lease_ended_and_while_unblocked() {
+        let deps = set(&["x"]);
+        let done = |_: &TaskId| Some(TaskStatus::Done);
+        let claimed =
+            ReadyInput { status: TaskStatus::Claimed, depends_on: &deps, needs_approval: false, approved: false };
+        assert!(!is_stale(1_000, 1_000), "the lease holds through its last millisecond");
+        assert!(is_stale(1_000, 1_001));
+        assert!(is_claimable(claimed, is_stale(1_000, 1_001), done));
+        assert!(!is_claimable(claimed, is_stale(1_000, 999), done));
+        assert!(!is_claimable(claimed, true, |_: &TaskId| Some(TaskStatus::Open)), "a dependency reopened");
+        assert!(!is_claimable(ReadyInput { needs_approval: true, ..claimed }, true, done));
+        assert!(!is_claimable(ReadyInput { status: TaskStatus::Done, ..claimed }, true, done));
+        assert!(is_claimable(ReadyInput { status: TaskStatus::Open, ..claimed }, false, done));
     }
 }

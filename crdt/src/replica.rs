@@ -19,7 +19,7 @@ use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, no
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::ready::{self, ReadyInput};
-use crate::resolve::{ResolveContext, StoredRecord, TaskState, resolve};
+use crate::resolve::{Holder, ResolveContext, StoredRecord, TaskState, claim_terms, resolve, sabotage};
 use crate::task::TaskFields;
 
 /// One task as the replica knows it.
@@ -295,8 +295,9 @@ impl Replica {
         }
     }
 
-    /// Probes changed: only tasks with hard requirements consult probes, so only they are
-    /// resolved again (their fields did not change).
+    /// Probes changed: only tasks whose claims name requirements (or, for a claim of record
+    /// version 1, whose fields do) consult probes, so only they are resolved again (their
+    /// fields did not change).
     fn refresh_probes(&mut self) {
         let maps = self.doc.maps().clone();
         let (probes, bad_probes) = self.doc.read_flat_records(&maps.probes);
@@ -309,7 +310,10 @@ impl Replica {
         let gated: Vec<TaskId> = self
             .tasks
             .values()
-            .filter(|entry| !entry.fields.requires.is_empty())
+            .filter(|entry| {
+                let fields = &entry.fields;
+                entry.state.claims.values().any(|claim| !claim_terms(fields, &claim.claim).requires.is_empty())
+            })
             .map(|entry| entry.fields.id.clone())
             .collect();
         let context = ResolveContext { members: &self.members, probes: &self.probes };
@@ -360,38 +364,73 @@ impl Replica {
         self.tasks.get(id).map(|entry| entry.state.status)
     }
 
-    /// Whether a task is ready for any machine.
+    /// Whether a task is ready for any machine, by the records alone.
     pub fn is_ready(&self, entry: &TaskEntry) -> bool {
-        let input = ReadyInput {
-            status: entry.state.status,
-            depends_on: &entry.fields.depends_on,
-            needs_approval: entry.fields.needs_approval,
-            approved: entry.state.approved,
-        };
-        ready::is_ready(input, |id| self.status_of(id))
+        ready::is_ready(self.ready_input(entry), |id| self.status_of(id))
     }
 
     pub fn blocked_by(&self, entry: &TaskEntry) -> Vec<TaskId> {
         ready::blocked_by(&entry.fields.depends_on, |id| self.status_of(id))
     }
 
-    /// Ready tasks in claim order: highest priority, then oldest, then id.
+    /// Ready tasks in claim order: highest priority, then oldest, then id. Readiness by the
+    /// records alone: stale tasks are not here ([`Replica::ready_tasks_at`]).
     pub fn ready_tasks(&self) -> Vec<&TaskEntry> {
         let mut ready: Vec<&TaskEntry> = self.tasks.values().filter(|entry| self.is_ready(entry)).collect();
-        ready.sort_by(|a, b| {
-            (-a.fields.priority, a.fields.created_at, &a.fields.id).cmp(&(
-                -b.fields.priority,
-                b.fields.created_at,
-                &b.fields.id,
-            ))
-        });
+        ready.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
         ready
+    }
+
+    /// The holder of a task that is stale at `now_ms`: claimed, and its holder's lease, as
+    /// last renewed in the records, ended before `now_ms` ([`ready::is_stale`]). `None` for a
+    /// task that is not claimed or whose lease still holds.
+    pub fn stale_holder<'a>(&self, entry: &'a TaskEntry, now_ms: u64) -> Option<&'a Holder> {
+        entry.state.holder.as_ref().filter(|holder| ready::is_stale(holder.lease_until_ms, now_ms))
+    }
+
+    /// Tasks an agent may claim at `now_ms`, in claim order (highest priority, then oldest,
+    /// then id): the ready ones and the stale ones whose dependencies are done and approval
+    /// given. A stale task is ordered like an open one, so abandoned work of high priority
+    /// goes before fresh work of lower priority and, within a priority, waits its turn by age
+    /// like any other: it never starves. `claim` of a stale task is a takeover.
+    pub fn ready_tasks_at(&self, now_ms: u64) -> Vec<&TaskEntry> {
+        let mut ready: Vec<&TaskEntry> = self
+            .tasks
+            .values()
+            .filter(|entry| {
+                let stale = self.stale_holder(entry, now_ms).is_some()
+                    && !sabotage::is_broken(sabotage::BrokenRule::StaleNotOffered);
+                ready::is_claimable(self.ready_input(entry), stale, |id| self.status_of(id))
+            })
+            .collect();
+        ready.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
+        ready
+    }
+
+    /// Every task stale at `now_ms`, in id order (`task list --stale`), whether or not its
+    /// dependencies are done.
+    pub fn stale_tasks(&self, now_ms: u64) -> Vec<&TaskEntry> {
+        self.tasks.values().filter(|entry| self.stale_holder(entry, now_ms).is_some()).collect()
+    }
+
+    fn ready_input<'a>(&self, entry: &'a TaskEntry) -> ReadyInput<'a> {
+        ReadyInput {
+            status: entry.state.status,
+            depends_on: &entry.fields.depends_on,
+            needs_approval: entry.fields.needs_approval,
+            approved: entry.state.approved,
+        }
     }
 
     /// The name members know a node by.
     pub fn node_name(&self, node: &NodeId) -> String {
         self.members.name_of(node)
     }
+}
+
+/// The claim order: highest priority, then oldest, then id.
+fn claim_order(entry: &TaskEntry) -> (i64, Stamp, &TaskId) {
+    (-entry.fields.priority, entry.fields.created_at, &entry.fields.id)
 }
 
 /// Notes the valid records of a task just read: their ids as verified, and the newest stamp

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::limits::RECORDS_PER_TASK_MAX;
 use meshwork_protocol::record::{Claim, Handoff, RecordBody};
-use meshwork_protocol::{AgentName, NodeId, RecordId, SignedRecord, Stamp, TaskId};
+use meshwork_protocol::{AgentName, NodeId, RecordId, Requirement, SignedRecord, Stamp, TaskId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -282,6 +282,29 @@ fn valid_records(task: &TaskId, stored: &[StoredRecord], members: &MemberSet) ->
     (valid, rejected)
 }
 
+/// The terms a claim is judged by: the requirements and the attempt limit it names. Which
+/// claim counts is decided by signed records only (invariant 4): the task's `requires` and
+/// `max_attempts` are unsigned, editable fields, and judging a claim by them would let an
+/// edit make a claim that counted stop counting (eject its holder, or void the `done` that
+/// rests on it). An edit binds the claims of nodes that saw it; a claim made concurrently
+/// with an edit is judged by what its claimer saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTerms<'a> {
+    pub requires: &'a [Requirement],
+    pub max_attempts: u32,
+}
+
+/// The terms of `claim` on the task of `fields`. A claim of record version 1 names none; it
+/// is judged, as it always was, by the task's fields as they are now.
+pub fn claim_terms<'a>(fields: &'a TaskFields, claim: &'a Claim) -> ClaimTerms<'a> {
+    let judged_by_fields = sabotage::is_broken(sabotage::BrokenRule::ClaimsJudgedByFields);
+    if claim.names_terms() && !judged_by_fields {
+        ClaimTerms { requires: &claim.requires, max_attempts: claim.max_attempts }
+    } else {
+        ClaimTerms { requires: &fields.requires, max_attempts: fields.max_attempts }
+    }
+}
+
 /// Gathers the claims; those that can never count (gate, approval) are lost now.
 fn collect_claims(
     fields: &TaskFields,
@@ -421,13 +444,17 @@ impl QuorumWalk {
     }
 }
 
+/// The requirements a claim names that the probe it names lacks (invariant 6, gates hold).
+/// Both are signed records, so the verdict never changes once the probe is known: no edit of
+/// the task's fields can refuse a claim that counted.
 fn gate_unmet(fields: &TaskFields, claim: &Claim, signer: &NodeId, context: ResolveContext<'_>) -> Vec<String> {
-    if fields.requires.is_empty() {
+    let requires = claim_terms(fields, claim).requires;
+    if requires.is_empty() {
         return Vec::new();
     }
     // The claim names the probe it was made under, so every node judges it alike.
     let probe = claim.probe.and_then(|id| context.probes.get(&id)).filter(|entry| entry.node == *signer);
-    gate::unmet(&fields.requires, probe.map(|entry| &entry.probe))
+    gate::unmet(requires, probe.map(|entry| &entry.probe))
 }
 
 fn lost(claim: RecordId, entry: &ClaimEntry, reason: LossReason) -> LostClaim {
@@ -488,12 +515,26 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
         for (id, entry) in early.iter().chain(&early_waiting) {
             place_lost(state, &mut placed, *id, entry, LossReason::EarlyTakeover);
         }
+        // A claim counts only while fewer generations failed than the limit it names: out of
+        // attempts, nobody may hold the task again on those terms.
+        let failures = state.failures;
+        let within_attempts =
+            |(_, entry): &&(RecordId, ClaimEntry)| failures < claim_terms(fields, &entry.claim).max_attempts;
+        let (candidates, closed): (Vec<_>, Vec<_>) = candidates.into_iter().partition(within_attempts);
+        let (waiting, closed_waiting): (Vec<_>, Vec<_>) = waiting.into_iter().partition(within_attempts);
+        for (id, entry) in closed.iter().chain(&closed_waiting) {
+            place_lost(state, &mut placed, *id, entry, LossReason::TaskClosed);
+        }
         let Some((winner_id, winner)) = candidates
             .iter()
             .min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry))
             .map(|(id, entry)| (*id, entry.clone()))
         else {
-            if quorum.split.contains(&generation) && state.failures < fields.max_attempts {
+            let split_within_attempts = quorum
+                .pending_of(generation)
+                .iter()
+                .any(|(_, entry)| failures < claim_terms(fields, &entry.claim).max_attempts);
+            if quorum.split.contains(&generation) && split_within_attempts {
                 // Nobody can count in this generation: it ends with no holder and no lease
                 // to protect, so the next one opens at once.
                 for (id, entry) in &waiting {
@@ -505,13 +546,6 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
             }
             break;
         };
-        if state.failures >= fields.max_attempts {
-            // Out of attempts: nobody may hold the task again.
-            for (id, entry) in candidates.iter().chain(&waiting) {
-                place_lost(state, &mut placed, *id, entry, LossReason::TaskClosed);
-            }
-            break;
-        }
         // A quorum claim still waiting for votes loses too: its generation is decided.
         for (id, entry) in candidates.iter().filter(|(id, _)| *id != winner_id).chain(&waiting) {
             let reason = LossReason::LostTo { winner: winner.node, winner_agent: winner.agent.clone() };
@@ -765,7 +799,9 @@ fn collect_notes(records: &[SignedRecord], state: &mut TaskState) {
 
 /// Deliberately broken resolver rules, switched on only by tests that prove netsim's
 /// checkers catch a broken core (`netsim/tests/broken_rule.rs`). The switch is per thread,
-/// off unless a test sets it, and nothing outside tests may set it.
+/// off unless a test sets it, and it exists only with the `test-support` feature, which only
+/// tests enable: a release build has no way to break a rule.
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod sabotage {
     use std::cell::Cell;
@@ -776,6 +812,13 @@ pub mod sabotage {
         /// A `done` finishes the task only while its claim is the winner, so a winning claim
         /// that arrives late turns a done task back into a claimed one (breaks invariant 4).
         DoneNeedsWinningClaim,
+        /// Every claim is judged by the task's current fields instead of the terms it names,
+        /// so an edit of the requirements ejects a holder or voids a `done` (the defect of
+        /// judging claims by editable fields; breaks invariant 4).
+        ClaimsJudgedByFields,
+        /// `ready_tasks_at` leaves stale tasks out, so a task whose holder vanished is never
+        /// taken over by `claim --next`.
+        StaleNotOffered,
     }
 
     thread_local! {
@@ -799,5 +842,20 @@ pub mod sabotage {
 
     pub(crate) fn is_broken(rule: BrokenRule) -> bool {
         BROKEN.with(|broken| broken.get() == Some(rule))
+    }
+}
+
+/// Without the `test-support` feature no rule can be broken: the check is a constant.
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod sabotage {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum BrokenRule {
+        DoneNeedsWinningClaim,
+        ClaimsJudgedByFields,
+        StaleNotOffered,
+    }
+
+    pub(crate) const fn is_broken(_rule: BrokenRule) -> bool {
+        false
     }
 }

@@ -7,10 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_crdt::document::{QueueDoc, put_task_record};
+use meshwork_crdt::fields::{FieldEdit, write_edit};
 use meshwork_crdt::resolve::{StoredRecord, TaskState};
 use meshwork_crdt::test_support::node_key;
 use meshwork_crdt::{Replica, Speaker};
 use meshwork_protocol::api::{AddTask, TaskStatus};
+use meshwork_protocol::limits::ATTEMPTS_DEFAULT;
 use meshwork_protocol::record::{Claim, Membership, MembershipAction, RECORD_VERSION};
 use meshwork_protocol::{AgentName, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId};
 use proptest::prelude::*;
@@ -77,13 +79,65 @@ fn base() -> (Vec<NodeKey>, Vec<u8>) {
 
 /// Signs the generated records on each node's own fork; returns each record's change bytes.
 fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u8>>, Vec<RecordId>) {
+    let steps: Vec<Step> = plan.iter().map(|record| Step::Record(record.clone(), Terms::default())).collect();
+    make_step_changes(keys, base, &[None; NODES], &steps)
+}
+
+/// The terms a generated claim names (requirements, attempt limit), and whether it names its
+/// node's probe.
+#[derive(Debug, Clone, Copy)]
+struct Terms {
+    needs_gpu: bool,
+    max_attempts: u32,
+}
+
+impl Default for Terms {
+    fn default() -> Terms {
+        Terms { needs_gpu: false, max_attempts: ATTEMPTS_DEFAULT }
+    }
+}
+
+/// An edit a node makes of a task's plain fields: unsigned, under Automerge's last-writer
+/// rule, with no record.
+#[derive(Debug, Clone)]
+struct GenEdit {
+    node: usize,
+    task: usize,
+    requires_gpu: Option<bool>,
+    max_attempts: Option<u32>,
+    priority: Option<i64>,
+}
+
+/// One step of a plan: a signed record (and the terms a claim names), or an edit.
+#[derive(Debug, Clone)]
+enum Step {
+    Record(GenRecord, Terms),
+    Edit(GenEdit),
+}
+
+/// Makes every step on its node's own fork; returns each step's change and each record's id.
+/// Claims name their node's probe from `probes`.
+fn make_step_changes(
+    keys: &[NodeKey],
+    base: &[u8],
+    probes: &[Option<RecordId>; NODES],
+    plan: &[Step],
+) -> (Vec<Vec<u8>>, Vec<RecordId>) {
     let mut forks: Vec<Replica> = (0..NODES)
         .map(|node| Replica::open(keys[node].node_id(), 1, QueueDoc::load(Some(base), &[]).unwrap().0))
         .collect();
     let mesh = forks[0].mesh().unwrap();
     let mut claims: BTreeMap<(usize, usize), Vec<RecordId>> = BTreeMap::new();
     let (mut changes, mut ids) = (Vec::new(), Vec::new());
-    for (index, step) in plan.iter().enumerate() {
+    let mut index = 0usize;
+    for step in plan {
+        let (step, terms) = match step {
+            Step::Record(record, terms) => (record, *terms),
+            Step::Edit(edit) => {
+                changes.push(make_edit(&mut forks[edit.node], edit));
+                continue;
+            }
+        };
         let task = TaskId::new(TASKS[step.task]).unwrap();
         let own_claims = claims.entry((step.node, step.task)).or_default();
         let body = match (step.kind, own_claims.is_empty()) {
@@ -92,8 +146,10 @@ fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u
                 generation: step.generation,
                 lamport: step.lamport,
                 lease_ms: LEASE_MS,
-                probe: None,
+                probe: probes[step.node],
                 quorum: false,
+                requires: if terms.needs_gpu { vec![gpu_label()] } else { Vec::new() },
+                max_attempts: terms.max_attempts,
             }),
             (kind, false) => {
                 let claim = own_claims[step.target % own_claims.len()];
@@ -123,8 +179,28 @@ fn make_changes(keys: &[NodeKey], base: &[u8], plan: &[GenRecord]) -> (Vec<Vec<u
             fork.doc_mut().change(BASE_MS, "record", |tx, maps| put_task_record(tx, maps, &task, &signed)).unwrap();
         changes.push(change);
         ids.push(signed.id());
+        // Records are numbered among records only, so the same records have the same bytes
+        // with or without edits between them.
+        index += 1;
     }
     (changes, ids)
+}
+
+fn gpu_label() -> meshwork_protocol::Requirement {
+    "label:gpu".parse().unwrap()
+}
+
+/// Writes an edit into a fork's document, as `task edit` on a node that had not seen the
+/// task finish would (the fields are unsigned: any member may write them).
+fn make_edit(fork: &mut Replica, edit: &GenEdit) -> Vec<u8> {
+    let task = TaskId::new(TASKS[edit.task]).unwrap();
+    let field_edit = FieldEdit {
+        requires: edit.requires_gpu.map(|gpu| if gpu { vec![gpu_label()] } else { Vec::new() }),
+        max_attempts: edit.max_attempts,
+        priority: edit.priority,
+        ..FieldEdit::default()
+    };
+    fork.doc_mut().change(BASE_MS, "edit", |tx, maps| write_edit(tx, maps, &task, &field_edit)).unwrap()
 }
 
 fn fresh(keys: &[NodeKey], base: &[u8]) -> Replica {
@@ -318,6 +394,8 @@ fn make_quorum_changes(keys: &[NodeKey], base: &[u8], task: &TaskId, plan: &[Quo
                 lease_ms: LEASE_MS,
                 probe: None,
                 quorum,
+                requires: Vec::new(),
+                max_attempts: ATTEMPTS_DEFAULT,
             })
         };
         let body = match step.kind {
@@ -432,5 +510,129 @@ proptest! {
         prop_assert_eq!(&expected, &task_states(&shuffled));
         prop_assert_eq!(&expected, &task_states(&subset_then_rest));
         assert_one_holder(&in_order);
+    }
+}
+
+/// The shared starting document with a probe of each node: only node 1's machine has the
+/// label `gpu`. Returns the probes' record ids too.
+fn base_with_probes() -> (Vec<NodeKey>, Vec<u8>, [Option<RecordId>; NODES]) {
+    let (keys, base) = base();
+    let mut replica = fresh(&keys, &base);
+    let mut probes = [None; NODES];
+    for (node, key) in keys.iter().enumerate() {
+        let mut fork = Replica::open(key.node_id(), 1, QueueDoc::load(Some(&replica.doc().save()), &[]).unwrap().0);
+        let labels = if node == 1 { vec!["gpu".to_owned()] } else { Vec::new() };
+        let probe = meshwork_protocol::Probe { os: "linux".into(), labels, ..meshwork_protocol::Probe::default() };
+        let change = fork.publish_probe(key, probe, BASE_MS + 3).unwrap().unwrap();
+        probes[node] = fork.probes().latest(&key.node_id()).map(|(id, _)| id);
+        replica.apply_changes(&change, BASE_MS + 3).unwrap();
+    }
+    (keys, replica.doc().save(), probes)
+}
+
+fn gen_edit() -> impl Strategy<Value = GenEdit> {
+    (
+        0..NODES,
+        0..TASKS.len(),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(1u32..=3),
+        proptest::option::of(0i64..3),
+    )
+        .prop_map(|(node, task, requires_gpu, max_attempts, priority)| GenEdit {
+            node,
+            task,
+            requires_gpu,
+            max_attempts,
+            priority,
+        })
+}
+
+fn gen_step() -> impl Strategy<Value = Step> {
+    let terms = (any::<bool>(), 1u32..=3).prop_map(|(needs_gpu, max_attempts)| Terms { needs_gpu, max_attempts });
+    prop_oneof![
+        3 => (gen_record(), terms).prop_map(|(record, terms)| Step::Record(record, terms)),
+        1 => gen_edit().prop_map(Step::Edit),
+    ]
+}
+
+fn steps_and_orders() -> impl Strategy<Value = (Vec<Step>, Vec<usize>, Vec<usize>)> {
+    proptest::collection::vec(gen_step(), 1..16).prop_flat_map(|plan| {
+        let len = plan.len();
+        let indices: Vec<usize> = (0..len).collect();
+        (Just(plan), Just(indices).prop_shuffle(), proptest::collection::vec(0..len, 0..len))
+    })
+}
+
+/// What signed records alone decide of a task: who holds it, which claims count (won a
+/// generation), whose leases were taken over, the accepted result, and whether it is done or
+/// cancelled. (Whether a task with no holder is `open` or `failed` for good follows the
+/// current attempt limit: an edit applies to later generations.)
+#[derive(Debug, PartialEq, Eq)]
+struct Decided {
+    task: TaskId,
+    holder: Option<RecordId>,
+    counting: BTreeSet<RecordId>,
+    taken_over: Vec<RecordId>,
+    result: Option<RecordId>,
+    done: bool,
+    cancelled: bool,
+}
+
+fn decided_by_records(replica: &Replica) -> Vec<Decided> {
+    replica
+        .tasks()
+        .iter()
+        .map(|(id, entry)| {
+            let state = &entry.state;
+            let lost: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
+            Decided {
+                task: id.clone(),
+                holder: state.holder.as_ref().map(|holder| holder.claim),
+                counting: state.claims.keys().filter(|claim| !lost.contains(*claim)).copied().collect(),
+                taken_over: state.taken_over.iter().map(|ended| ended.claim).collect(),
+                result: state.result.as_ref().map(|result| result.record),
+                done: state.status == TaskStatus::Done,
+                cancelled: state.status == TaskStatus::Cancelled,
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    /// Invariant 4 against edits: records and edits of requirements, attempt limits and
+    /// priorities, made concurrently on three nodes and delivered in any order with
+    /// duplicates, give the same export in every order; a task done on a replica stays done
+    /// whatever arrives later; and the edits change nothing of what the records decide (the
+    /// same records without the edits give the same holders, counting claims and results).
+    #[test]
+    fn edits_in_any_order_never_change_which_claim_counts_nor_reopen_a_done_task((plan, order, duplicates) in steps_and_orders()) {
+        let (keys, base, probes) = base_with_probes();
+        let (changes, _) = make_step_changes(&keys, &base, &probes, &plan);
+        let mut in_order = fresh(&keys, &base);
+        for change in &changes {
+            in_order.apply_changes(change, BASE_MS).unwrap();
+        }
+        let mut shuffled = fresh(&keys, &base);
+        let mut done: BTreeSet<TaskId> = BTreeSet::new();
+        for change in shuffled_with_duplicates(&changes, &order, &duplicates) {
+            shuffled.apply_changes(change, BASE_MS).unwrap();
+            let now = statuses(&shuffled);
+            for id in &done {
+                prop_assert_eq!(now.get(id), Some(&TaskStatus::Done), "finished stays finished: {}", id);
+            }
+            done.extend(now.into_iter().filter(|(_, status)| *status == TaskStatus::Done).map(|(id, _)| id));
+            assert_one_holder(&shuffled);
+        }
+        prop_assert_eq!(in_order.export_json(), shuffled.export_json());
+
+        let records_only: Vec<Step> = plan.iter().filter(|step| matches!(step, Step::Record(..))).cloned().collect();
+        let (record_changes, _) = make_step_changes(&keys, &base, &probes, &records_only);
+        let mut without_edits = fresh(&keys, &base);
+        for change in &record_changes {
+            without_edits.apply_changes(change, BASE_MS).unwrap();
+        }
+        prop_assert_eq!(decided_by_records(&in_order), decided_by_records(&without_edits));
     }
 }

@@ -43,6 +43,9 @@ impl World {
             lease_ms: LEASE_MS,
             probe: None,
             quorum,
+            // An honest claimer names the task's terms as it sees them.
+            requires: Claim::canonical_requirements(&self.fields.requires),
+            max_attempts: self.fields.max_attempts,
         });
         signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), body)
     }

@@ -37,6 +37,9 @@ impl World {
             lease_ms: LEASE_MS,
             probe: None,
             quorum: false,
+            // An honest claimer names the task's terms as it sees them.
+            requires: Claim::canonical_requirements(&self.fields.requires),
+            max_attempts: self.fields.max_attempts,
         });
         signed(&self.keys[node], self.mesh, at(wall_ms), Some("agent"), body)
     }
@@ -158,6 +161,8 @@ fn a_claim_stamped_in_the_failures_millisecond_but_after_it_takes_the_next_gener
         lease_ms: LEASE_MS,
         probe: None,
         quorum: false,
+        requires: Vec::new(),
+        max_attempts: world.fields.max_attempts,
     });
     let after = signed(&world.keys[1], world.mesh, Stamp { wall_ms: 5_000, logical: 1 }, Some("agent"), body);
     let state = world.resolve(&[&first, &fail, &after]);
@@ -356,6 +361,8 @@ fn a_record_of_another_mesh_does_not_count() {
             lease_ms: LEASE_MS,
             probe: None,
             quorum: false,
+            requires: Vec::new(),
+            max_attempts: world.fields.max_attempts,
         }),
     );
     let state = world.resolve(&[&foreign]);

@@ -13,7 +13,7 @@ use meshwork_protocol::api::{AddTask, HandoffRequest};
 use meshwork_protocol::derived_cache::{DerivedCacheHeader, encode_derived_cache, node_digest};
 use meshwork_protocol::probe::{Gpu, Probe};
 use meshwork_protocol::record::{
-    Claim, Handoff, Membership, MembershipAction, RECORD_VERSION, RecordError, SIGNATURE_BYTES,
+    Claim, Handoff, Membership, MembershipAction, RECORD_VERSION, RECORD_VERSION_LEGACY, RecordError, SIGNATURE_BYTES,
 };
 use meshwork_protocol::wire::{Frame, FrameSplitter, length_prefixed};
 use meshwork_protocol::{AgentName, MeshId, NodeKey, Record, RecordBody, SignedRecord, Stamp, TaskId};
@@ -96,6 +96,8 @@ fn build_valid_records() -> Vec<SignedRecord> {
             lease_ms: 1_800_000,
             probe: Some(probe.id()),
             quorum: true,
+            requires: Claim::canonical_requirements(&["tool:cargo".parse().expect("a requirement")]),
+            max_attempts: 3,
         }),
     );
     let claim_id = claim.id();
@@ -123,6 +125,26 @@ fn build_valid_records() -> Vec<SignedRecord> {
     for (logical, body) in (3..).zip(bodies) {
         records.push(sign(logical, Some(agent.clone()), body));
     }
+    // A claim of record version 1, which names no terms: nodes still read them.
+    let legacy_claim = Claim {
+        task: TaskId::new("WRK-1").unwrap_or_else(|error| panic!("fixture task id: {error}")),
+        generation: 0,
+        lamport: 1,
+        lease_ms: 1_800_000,
+        probe: None,
+        quorum: false,
+        requires: Vec::new(),
+        max_attempts: 0,
+    };
+    let legacy = Record {
+        version: RECORD_VERSION_LEGACY,
+        mesh,
+        signer: node,
+        agent: Some(agent),
+        stamp: Stamp { wall_ms: NOW_MS, logical: 100 },
+        body: RecordBody::Claim(legacy_claim),
+    };
+    records.push(SignedRecord::sign(legacy, key).unwrap_or_else(|error| panic!("fixture record must sign: {error}")));
     records
 }
 

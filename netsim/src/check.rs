@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_crdt::Replica;
 use meshwork_crdt::gate;
-use meshwork_crdt::inbox::{lost_notice_id, reinstated_notice_id, taken_over_notice_id};
+use meshwork_crdt::inbox::{Notice, expired_notice_id, lost_notice_id, reinstated_notice_id, taken_over_notice_id};
+use meshwork_crdt::resolve::claim_terms;
 use meshwork_protocol::api::TaskStatus;
 use meshwork_protocol::{AgentId, NodeId, RecordId, Stamp, TaskId};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,8 @@ pub mod invariant {
     pub const GATES_HOLD: &str = "gates hold";
     pub const QUORUM_EXCLUSIVE: &str = "quorum claims are exclusive";
     pub const LIVENESS: &str = "liveness";
+    pub const STALE_TAKEN_OVER: &str = "stale tasks are taken over";
+    pub const HOLDERS_TOLD: &str = "a holder whose lease ran out is told once";
     pub const NO_AUTOMERGE_ERRORS: &str = "no Automerge errors";
     pub const DOCUMENT_SIZE: &str = "document size within budget";
     pub const NO_PANIC: &str = "no panic";
@@ -70,6 +73,9 @@ pub struct Checker {
     quorum_counted: BTreeMap<(TaskId, u32), (RecordId, usize)>,
     /// The export each node showed at its current heads.
     exports: BTreeMap<usize, (Vec<u8>, [u8; 32])>,
+    /// Every requirement list each task was given, at creation or by an edit, as sorted texts:
+    /// the terms an honest claim can name.
+    requirements_given: BTreeMap<TaskId, BTreeSet<Vec<String>>>,
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -98,6 +104,13 @@ impl Checker {
 
     pub fn acknowledge(&mut self, node: usize, what: Acknowledged) {
         self.acknowledged.entry(node).or_default().insert(what);
+    }
+
+    /// A task was given these requirements, at creation or by an edit some node accepted.
+    pub fn requirements_given(&mut self, task: &TaskId, requires: &[meshwork_protocol::Requirement]) {
+        let mut texts: Vec<String> = requires.iter().map(ToString::to_string).collect();
+        texts.sort();
+        self.requirements_given.entry(task.clone()).or_default().insert(texts);
     }
 
     /// After a restart the node knows only what its disk held: what it saw before is forgotten.
@@ -153,8 +166,9 @@ impl Checker {
         }
     }
 
-    /// A holder's claim was made under a probe that meets the task's hard requirements, by a
-    /// member at the claim's stamp.
+    /// A holder's claim was made under a probe that meets the hard requirements it names, by
+    /// a member at the claim's stamp; and the requirements it names are ones the task was
+    /// given (an honest node names what it saw, and edits never judge a claim made before).
     fn gates_hold(&mut self, at_us: u64, node: usize, replica: &Replica) {
         let mut broken = Vec::new();
         for entry in replica.tasks().values() {
@@ -166,9 +180,10 @@ impl Checker {
             if !replica.members().is_member_at(&claim.node, claim.stamp) {
                 broken.push(format!("node n{node}: {} is held by a non-member", entry.fields.id));
             }
-            if !entry.fields.requires.is_empty() {
+            let requires = claim_terms(&entry.fields, &claim.claim).requires;
+            if !requires.is_empty() {
                 let probe = claim.claim.probe.and_then(|id| replica.probes().get(&id)).map(|entry| &entry.probe);
-                let unmet = gate::unmet(&entry.fields.requires, probe);
+                let unmet = gate::unmet(requires, probe);
                 if !unmet.is_empty() {
                     broken.push(format!(
                         "node n{node}: {} is held by a machine that lacks {}",
@@ -176,6 +191,15 @@ impl Checker {
                         unmet.join("; ")
                     ));
                 }
+            }
+            let mut named: Vec<String> = requires.iter().map(ToString::to_string).collect();
+            named.sort();
+            let given = self.requirements_given.get(&entry.fields.id);
+            if !given.is_some_and(|given| given.contains(&named)) {
+                broken.push(format!(
+                    "node n{node}: the holder of {} names requirements {named:?} the task was never given ({given:?})",
+                    entry.fields.id
+                ));
             }
             if entry.state.lost_claims.iter().any(|lost| lost.claim == holder.claim) {
                 self.violate(
@@ -406,6 +430,88 @@ impl Checker {
                     format!("{}: notice {id} on {task} was never written", node.name),
                 );
             }
+        }
+    }
+
+    /// Notices the node just wrote that a holder's lease ran out: each names the task's current
+    /// holder, of this node, whose lease ended before `wall_ms` by this node's view. A notice
+    /// about a task finished, released or taken over meanwhile would be a false alarm.
+    pub fn expiry_notices_written(&mut self, at_us: u64, node: &SimNode, notices: &[Notice], wall_ms: u64) {
+        let Some(live) = &node.live else { return };
+        for notice in notices.iter().filter(|notice| notice.id.starts_with("expired-")) {
+            let task = notice.message.task.as_deref().and_then(|task| TaskId::new(task).ok());
+            let holder =
+                task.as_ref().and_then(|task| live.replica.task(task)).and_then(|entry| entry.state.holder.as_ref());
+            let fits = holder.is_some_and(|holder| {
+                holder.node == node.id
+                    && holder.lease_until_ms < wall_ms
+                    && expired_notice_id(&holder.claim) == notice.id
+                    && holder.agent.as_ref() == Some(&notice.to.agent)
+            });
+            if !fits {
+                let detail =
+                    format!("{}: notice {} on {task:?} names no holder whose lease ran out", node.name, notice.id);
+                self.violate(invariant::HOLDERS_TOLD, at_us, detail);
+            }
+        }
+    }
+
+    /// Each agent of a participant that holds a task whose lease ran out long enough ago for
+    /// the node's lease timer to have fired (more than `timer_ms` before its clock) was told.
+    pub fn stale_holders_told(&mut self, at_us: u64, nodes: &[SimNode], timer_ms: u64) {
+        let mut untold = Vec::new();
+        for node in nodes.iter().filter(|node| in_mesh(nodes, node.index)) {
+            let Some(live) = &node.live else { continue };
+            let wall = node.wall_ms(at_us);
+            for (task, entry) in live.replica.tasks() {
+                let Some(holder) = entry.state.holder.as_ref().filter(|holder| holder.node == node.id) else {
+                    continue;
+                };
+                let Some(agent) = &holder.agent else { continue };
+                if holder.lease_until_ms.saturating_add(timer_ms) >= wall {
+                    continue;
+                }
+                let to = AgentId { agent: agent.clone(), node: node.id };
+                let id = expired_notice_id(&holder.claim);
+                if !live.replica.inbox(&to).iter().any(|entry| entry.id == id) {
+                    untold
+                        .push(format!("{}: {agent} holds {task}, whose lease ran out, and was never told", node.name));
+                }
+            }
+        }
+        for detail in untold {
+            self.violate(invariant::HOLDERS_TOLD, at_us, detail);
+        }
+    }
+
+    /// Once the agents had time to finish, no task that a participant could run is still
+    /// stale (claimed, its lease ended by every participant's clock): its holder crashed,
+    /// vanished or was removed, and someone took it over (`ready` offers it, `claim --next`
+    /// takes it) or it was finished.
+    pub fn stale_taken_over(&mut self, at_us: u64, nodes: &[SimNode]) {
+        let participants: Vec<&SimNode> = nodes.iter().filter(|node| in_mesh(nodes, node.index)).collect();
+        let Some(live) = participants.iter().find_map(|node| node.live.as_ref()) else { return };
+        let Some(slowest) = participants.iter().map(|node| node.wall_ms(at_us)).min() else { return };
+        let replica = &live.replica;
+        let runnable = |entry: &meshwork_crdt::TaskEntry| {
+            participants.iter().any(|node| {
+                let probe = replica.probes().latest(&node.id).map(|(_, entry)| &entry.probe);
+                gate::unmet(&entry.fields.requires, probe).is_empty()
+            })
+        };
+        let mut stuck = Vec::new();
+        for entry in replica.stale_tasks(slowest) {
+            if !runnable(entry) || !replica.blocked_by(entry).is_empty() {
+                continue;
+            }
+            let holder = entry.state.holder.as_ref().map(|holder| (holder.node, holder.lease_until_ms));
+            stuck.push(format!(
+                "{} is stale (holder, lease until: {holder:?}) and nobody took it over",
+                entry.fields.id
+            ));
+        }
+        for detail in stuck {
+            self.violate(invariant::STALE_TAKEN_OVER, at_us, detail);
         }
     }
 

@@ -44,6 +44,8 @@ pub fn run_seed(seed: u64, nodes: usize, verbose: bool) -> RunReport {
                 bytes: 0,
                 crashes: 0,
                 tasks: 0,
+                takeovers: 0,
+                expiry_notices: 0,
                 settle_us: Vec::new(),
                 document_bytes: 0,
                 simulated_us: 0,

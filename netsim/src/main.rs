@@ -127,6 +127,8 @@ struct Summary {
     frames: u64,
     bytes: u64,
     crashes: u64,
+    takeovers: u64,
+    expiry_notices: u64,
     settle_ms_max: u64,
     document_bytes_max: usize,
     elapsed_ms: u128,
@@ -156,6 +158,8 @@ impl Summary {
             frames: 0,
             bytes: 0,
             crashes: 0,
+            takeovers: 0,
+            expiry_notices: 0,
             settle_ms_max: 0,
             document_bytes_max: 0,
             elapsed_ms,
@@ -167,6 +171,8 @@ impl Summary {
             summary.frames += report.frames;
             summary.bytes += report.bytes;
             summary.crashes += report.crashes;
+            summary.takeovers += report.takeovers;
+            summary.expiry_notices += report.expiry_notices;
             summary.settle_ms_max =
                 summary.settle_ms_max.max(report.settle_us.iter().copied().max().unwrap_or(0) / 1000);
             summary.document_bytes_max = summary.document_bytes_max.max(report.document_bytes);
@@ -198,12 +204,15 @@ impl Summary {
             self.elapsed_ms as f64 / 1000.0
         );
         println!(
-            "  {} events, {} operations, {} frames ({} bytes), {} crashes; slowest settle {} ms; largest document {} bytes",
+            "  {} events, {} operations, {} frames ({} bytes), {} crashes, {} takeovers of expired leases, {} holders \
+             told their lease ran out; slowest settle {} ms; largest document {} bytes",
             self.events,
             self.operations,
             self.frames,
             self.bytes,
             self.crashes,
+            self.takeovers,
+            self.expiry_notices,
             self.settle_ms_max,
             self.document_bytes_max
         );

@@ -13,7 +13,7 @@ use meshwork_crdt::document::{Touched, put_task_record};
 use meshwork_crdt::ops::{ClaimOptions, OpError};
 use meshwork_crdt::sync::{SyncInput, SyncOutput};
 use meshwork_crdt::{Replica, Speaker};
-use meshwork_protocol::api::{AddTask, HandoffRequest};
+use meshwork_protocol::api::{AddTask, EditTask, HandoffRequest};
 use meshwork_protocol::record::{Claim, Membership, MembershipAction};
 use meshwork_protocol::{NodeKey, RecordBody, TaskId};
 use rand::{RngExt, SeedableRng};
@@ -35,6 +35,13 @@ pub const SETTLE_BOUND_US: u64 = 60 * SECOND_US;
 pub const FINISH_US: u64 = 2 * 3600 * SECOND_US;
 /// A run that handles more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 2_000_000;
+/// The longest a node's lease timer sleeps: it wakes at the next lease end of its own
+/// agents ([`Replica::next_lease_expiry_ms`]) or after this, whichever comes first (a claim
+/// made meanwhile may end sooner than the lease it slept for).
+pub const LEASE_TIMER_US_MAX: u64 = 10 * SECOND_US;
+/// A holder whose lease ran out longer ago than this (by its node's clock) must have been
+/// told: the timer's longest sleep, and a second for drift and the write.
+const LEASE_TIMER_TOLD_MS: u64 = LEASE_TIMER_US_MAX / 1000 + 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
@@ -75,6 +82,12 @@ enum Event {
     Restart {
         node: usize,
     },
+    /// The node's lease timer: it tells its agents whose lease ran out
+    /// (`Replica::fulfil_expiry_duties`), as the node binary does on a timer.
+    LeaseTimer {
+        node: usize,
+        boot: u32,
+    },
     EndWork,
     CheckSettled,
 }
@@ -100,6 +113,10 @@ pub struct RunReport {
     pub bytes: u64,
     pub crashes: u64,
     pub tasks: usize,
+    /// Tenures that ended by a takeover after their lease ran out, on the final state.
+    pub takeovers: u64,
+    /// `expired-` notices: holders told their lease ran out, on the final state.
+    pub expiry_notices: u64,
     /// From the heal to equal heads on every participant, per settle.
     pub settle_us: Vec<u64>,
     pub document_bytes: usize,
@@ -193,6 +210,7 @@ impl Sim {
         self.run_until(|sim| sim.phase == Phase::Settle);
         settle_us.push(self.settle());
         self.check.quiescent(self.now_us, &self.nodes);
+        self.check.stale_holders_told(self.now_us, &self.nodes, LEASE_TIMER_TOLD_MS);
         // Finish, then settle again.
         self.phase = Phase::Finish;
         for node in 0..self.nodes.len() {
@@ -202,7 +220,10 @@ impl Sim {
         self.run_until(|sim| sim.now_us >= finish_end || sim.all_finished());
         settle_us.push(self.settle());
         self.check.quiescent(self.now_us, &self.nodes);
+        self.check.stale_holders_told(self.now_us, &self.nodes, LEASE_TIMER_TOLD_MS);
+        self.check.stale_taken_over(self.now_us, &self.nodes);
         self.check.liveness(self.now_us, &self.nodes);
+        let (takeovers, expiry_notices) = self.stale_counts();
         let document_bytes = self.document_budget();
         for node in 0..self.nodes.len() {
             self.digest_node(node);
@@ -219,6 +240,8 @@ impl Sim {
             bytes: self.net.stats.bytes,
             crashes: self.crashes,
             tasks: self.any_replica().map_or(0, |replica| replica.tasks().len()),
+            takeovers,
+            expiry_notices,
             settle_us,
             document_bytes,
             simulated_us: self.now_us,
@@ -305,9 +328,19 @@ impl Sim {
                 format!("heads still differ {} s after the heal", SETTLE_BOUND_US / SECOND_US),
             );
         }
-        // Let writes in flight land (flushes, duties) before the checks.
-        let quiet = self.now_us + SECOND_US;
-        self.run_until(|sim| sim.now_us >= quiet);
+        // Let writes in flight land (flushes, duties) before the checks. A lease timer may
+        // write a notice meanwhile (a lease that ran out during the settle): then the heads
+        // must become equal again, within the same bound, before the checks run.
+        loop {
+            let quiet = self.now_us + SECOND_US;
+            self.run_until(|sim| sim.now_us >= quiet);
+            if !self.settled || self.converged() || self.now_us > bound {
+                break;
+            }
+            self.settled = false;
+            self.schedule(100_000, Event::CheckSettled);
+            self.run_until(|sim| sim.settled || sim.now_us > bound);
+        }
         self.now_us - start
     }
 
@@ -350,6 +383,11 @@ impl Sim {
             Event::Restart { node } => {
                 if self.nodes[node].live.is_none() {
                     self.restart(node);
+                }
+            }
+            Event::LeaseTimer { node, boot } => {
+                if self.nodes[node].live.is_some() && self.nodes[node].disk.boot == boot {
+                    self.lease_timer(node);
                 }
             }
             Event::EndWork => {
@@ -406,6 +444,7 @@ impl Sim {
         founder.founding = true;
         founder.live =
             Some(crate::node::Live { replica: founded.replica, engine: Default::default(), links: BTreeMap::new() });
+        self.schedule_lease_timer(0);
         self.publish_probe(0);
         for node in 1..self.scenario.founding_members {
             self.nodes[node].founding = true;
@@ -446,6 +485,7 @@ impl Sim {
             self.check.violate(invariant::NO_AUTOMERGE_ERRORS, self.now_us, format!("n{node} cannot adopt: {error}"));
             return false;
         }
+        self.schedule_lease_timer(node);
         self.publish_probe(node);
         self.dial_everyone(node);
         true
@@ -580,6 +620,7 @@ impl Sim {
                 self.note(format!("n{node} restarted with boot {boot}"));
                 self.check.restarted(node);
                 self.dirty.insert(node);
+                self.schedule_lease_timer(node);
                 self.publish_probe(node);
                 self.dial_everyone(node);
             }
@@ -804,6 +845,40 @@ impl Sim {
         let sim_node = &mut self.nodes[node];
         let Some(live) = &mut sim_node.live else { return };
         let duties = live.replica.fulfil_duties_after(&sim_node.key, touched, wall);
+        self.carry_out_duties(node, duties);
+    }
+
+    /// The lease timer fired: tell the agents whose lease ran out, then sleep until the next
+    /// lease of this node's agents ends (at most [`LEASE_TIMER_US_MAX`]).
+    fn lease_timer(&mut self, node: usize) {
+        let wall = self.nodes[node].wall_ms(self.now_us);
+        let sim_node = &mut self.nodes[node];
+        let Some(live) = &mut sim_node.live else { return };
+        let duties = live.replica.fulfil_expiry_duties(&sim_node.key, wall);
+        if !duties.changes.is_empty() {
+            self.dirty.insert(node);
+        }
+        self.carry_out_duties(node, duties);
+        self.schedule_lease_timer(node);
+    }
+
+    fn schedule_lease_timer(&mut self, node: usize) {
+        let wall = self.nodes[node].wall_ms(self.now_us);
+        let Some(live) = &self.nodes[node].live else { return };
+        // The lease holds through its last millisecond: wake just after it.
+        let next_us = live
+            .replica
+            .next_lease_expiry_ms()
+            .map_or(LEASE_TIMER_US_MAX, |until| (until + 1).saturating_sub(wall).saturating_mul(1000));
+        let boot = self.nodes[node].disk.boot;
+        self.schedule(next_us.clamp(100_000, LEASE_TIMER_US_MAX), Event::LeaseTimer { node, boot });
+    }
+
+    /// Makes what duties wrote durable and pushes it; reports what could not be written.
+    fn carry_out_duties(&mut self, node: usize, duties: meshwork_crdt::duties::Duties) {
+        let wall = self.nodes[node].wall_ms(self.now_us);
+        self.check.expiry_notices_written(self.now_us, &self.nodes[node], &duties.notices, wall);
+        let sim_node = &mut self.nodes[node];
         let wrote = !duties.changes.is_empty();
         for changes in duties.changes {
             sim_node.disk.write_durable(changes);
@@ -836,7 +911,7 @@ impl Sim {
         let op = match &self.nodes[node].live {
             Some(live) if self.nodes[node].joined && !(finishing && self.nodes[node].removed) => {
                 if finishing {
-                    workload::finishing(&mut self.rng, &live.replica, &agent, wall)
+                    workload::finishing(&live.replica, &agent, wall)
                 } else {
                     Some(workload::busy(&mut self.rng, &live.replica, &agent, wall, self.scenario.quorum_percent))
                 }
@@ -913,6 +988,14 @@ impl Sim {
                     .map_err(OpError::from)
             }
             Op::RogueClaim { task } => rogue_claim(replica, &sim_node.key, &agent, task, wall),
+            Op::Edit { task, requires_gpu, priority } => {
+                let request = EditTask {
+                    requires: requires_gpu.map(|gpu| if gpu { vec!["label:gpu".to_owned()] } else { Vec::new() }),
+                    priority: *priority,
+                    ..EditTask::default()
+                };
+                replica.edit_task(speaker, task, &request, wall).map(|applied| (applied.changes, None))
+            }
         };
         // A claim that lost at once wrote its record all the same: it is stored like any other.
         let (outcome, refusal) = match outcome {
@@ -935,10 +1018,16 @@ impl Sim {
                     sim_node.disk.write_durable(changes);
                     self.dirty.insert(node);
                 }
-                let task = match &kept {
-                    Some(Acknowledged::Task(task) | Acknowledged::Record(task, _)) => Some(task.clone()),
-                    None => None,
+                let task = match (&kept, &op) {
+                    (Some(Acknowledged::Task(task) | Acknowledged::Record(task, _)), _) => Some(task.clone()),
+                    (None, Op::Edit { task, .. }) => Some(task.clone()),
+                    (None, _) => None,
                 };
+                if matches!(op, Op::Add { .. } | Op::Edit { .. })
+                    && let Some(entry) = task.as_ref().and_then(|task| replica.task(task))
+                {
+                    self.check.requirements_given(&entry.fields.id, &entry.fields.requires);
+                }
                 if let Some(kept) = kept {
                     self.check.acknowledge(node, kept);
                 }
@@ -963,6 +1052,23 @@ impl Sim {
     }
 
     // ---- the end ----
+
+    /// Takeovers after a lease ran out, and `expired-` notices, on the final state: evidence
+    /// that the runs exercise stale work.
+    fn stale_counts(&self) -> (u64, u64) {
+        let takeovers = self.any_replica().map_or(0, |replica| {
+            replica.tasks().values().map(|entry| entry.state.taken_over.len() as u64).sum::<u64>()
+        });
+        let mut notices = 0;
+        for node in self.nodes.iter().filter(|node| in_mesh(&self.nodes, node.index)) {
+            let Some(live) = &node.live else { continue };
+            for agent in &node.agents {
+                let inbox = live.replica.inbox(&meshwork_protocol::AgentId { agent: agent.clone(), node: node.id });
+                notices += inbox.iter().filter(|entry| entry.id.starts_with("expired-")).count() as u64;
+            }
+        }
+        (takeovers, notices)
+    }
 
     /// Every participant's saved document stays within its budget.
     fn document_budget(&mut self) -> usize {
@@ -1012,6 +1118,7 @@ fn rogue_claim(
     wall: u64,
 ) -> Result<(Vec<u8>, Option<Acknowledged>), OpError> {
     let Some(entry) = replica.task(task) else { return Ok((Vec::new(), None)) };
+    // It names the task's terms truthfully: only its gate was skipped.
     let claim = Claim {
         task: task.clone(),
         generation: entry.state.generation,
@@ -1019,6 +1126,8 @@ fn rogue_claim(
         lease_ms: entry.fields.lease_ms,
         probe: replica.probes().latest(&replica.node()).map(|(probe, _)| probe),
         quorum: false,
+        requires: Claim::canonical_requirements(&entry.fields.requires),
+        max_attempts: entry.fields.max_attempts,
     };
     let signed = replica.sign(key, Some(agent.clone()), RecordBody::Claim(claim), wall)?;
     let changes = replica.doc_mut().change(wall, "rogue claim", |tx, maps| put_task_record(tx, maps, task, &signed))?;

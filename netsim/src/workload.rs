@@ -56,6 +56,13 @@ pub enum Op {
     TakeOver {
         task: TaskId,
     },
+    /// `task edit` of a task's requirements or priority, whatever its state: a claim already
+    /// made keeps the terms it names, and a finished task's requirements are refused.
+    Edit {
+        task: TaskId,
+        requires_gpu: Option<bool>,
+        priority: Option<i64>,
+    },
 }
 
 /// The tasks an agent holds, by its node's view.
@@ -75,12 +82,11 @@ pub fn held_by(replica: &Replica, agent: &AgentName) -> Vec<TaskId> {
         .collect()
 }
 
-/// Claimed tasks whose lease ended by this node's clock, that this machine may run.
+/// Stale tasks (their holder's lease ended by this node's clock) that this machine may run.
 pub fn expired(replica: &Replica, wall_ms: u64) -> Vec<TaskId> {
     replica
-        .tasks()
-        .values()
-        .filter(|entry| entry.state.holder.as_ref().is_some_and(|holder| holder.lease_until_ms < wall_ms))
+        .stale_tasks(wall_ms)
+        .into_iter()
         .filter(|entry| replica.unmet_here(entry).is_empty())
         .map(|entry| entry.fields.id.clone())
         .collect()
@@ -140,8 +146,19 @@ pub fn busy(rng: &mut Pcg64Mcg, replica: &Replica, agent: &AgentName, wall_ms: u
                 .collect();
             pick(rng, &gated).map_or(Op::ReadInbox, |task| Op::RogueClaim { task })
         }
+        87..94 => pick(rng, &all).map_or(Op::ReadInbox, |task| edit(rng, task)),
         _ => Op::ReadInbox,
     }
+}
+
+/// An edit of a task's requirements (a GPU or none), its priority, or both.
+fn edit(rng: &mut Pcg64Mcg, task: TaskId) -> Op {
+    let (requires_gpu, priority) = match rng.random_range(0..3u32) {
+        0 => (Some(rng.random_bool(0.5)), None),
+        1 => (None, Some(rng.random_range(0..=3))),
+        _ => (Some(rng.random_bool(0.5)), Some(rng.random_range(0..=3))),
+    };
+    Op::Edit { task, requires_gpu, priority }
 }
 
 fn add(rng: &mut Pcg64Mcg, all: &[TaskId]) -> Op {
@@ -162,8 +179,8 @@ fn add(rng: &mut Pcg64Mcg, all: &[TaskId]) -> Op {
 }
 
 /// The next operation of `agent` once the mesh is healed: finish everything that can be
-/// finished (liveness), taking over what was abandoned.
-pub fn finishing(rng: &mut Pcg64Mcg, replica: &Replica, agent: &AgentName, wall_ms: u64) -> Option<Op> {
+/// finished (liveness), taking over what was abandoned: `claim --next` takes stale tasks too.
+pub fn finishing(replica: &Replica, agent: &AgentName, wall_ms: u64) -> Option<Op> {
     if let Some(task) = held_by(replica, agent).first() {
         return Some(Op::Done { task: task.clone() });
     }
@@ -176,8 +193,7 @@ pub fn finishing(rng: &mut Pcg64Mcg, replica: &Replica, agent: &AgentName, wall_
     if let Some(task) = waiting.first() {
         return Some(Op::Approve { task: task.clone() });
     }
-    if replica.ready_tasks().iter().any(|entry| replica.unmet_here(entry).is_empty()) {
-        return Some(Op::ClaimNext);
-    }
-    pick(rng, &expired(replica, wall_ms)).map(|task| Op::TakeOver { task })
+    // As a worker does (`meshwork work`): `claim --next` is the only way it finds work, stale
+    // work included, so a stale task left behind means `ready`/`claim --next` missed it.
+    replica.ready_tasks_at(wall_ms).iter().any(|entry| replica.unmet_here(entry).is_empty()).then_some(Op::ClaimNext)
 }

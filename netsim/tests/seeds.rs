@@ -50,11 +50,14 @@ fn hundreds_of_seeds_of_five_nodes_keep_every_invariant() {
         })
         .collect();
     assert!(failed.is_empty(), "{} of {seeds} seeds broke an invariant:\n{}", failed.len(), failed.join("\n"));
-    // The runs did real work: operations, crashes, settles.
+    // The runs did real work: operations, crashes, settles, stale work told and taken over.
     let operations: u64 = reports.iter().map(|report| report.operations).sum();
     let crashes: u64 = reports.iter().map(|report| report.crashes).sum();
     assert!(operations > seeds * 100, "{operations} operations in {seeds} seeds");
     assert!(crashes > 0, "no seed crashed a node");
+    let takeovers: u64 = reports.iter().map(|report| report.takeovers).sum();
+    let told: u64 = reports.iter().map(|report| report.expiry_notices).sum();
+    assert!(takeovers > 0 && told > 0, "{takeovers} takeovers, {told} holders told their lease ran out");
 }
 
 /// Seeds beyond the CI range that broke a check in the first 10,000-seed run, each fixed in

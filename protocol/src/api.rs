@@ -97,6 +97,33 @@ pub struct TaskView {
     pub updated_at: String,
 }
 
+/// The task object as a node answers it (`task show`, `task list`, `ready`, `claim`): the
+/// task's view by its records, and what this node's clock makes of them.
+///
+/// The canonical export holds bare [`TaskView`]s: two nodes with the same records export the
+/// same bytes whatever their clocks say (invariant 1, convergence), so nothing that depends
+/// on the time of reading (`stale`) may be in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveTaskView {
+    #[serde(flatten)]
+    pub task: TaskView,
+    /// Set while the task is stale: claimed, and its holder's lease (as last renewed in the
+    /// records) ended before the answering node's clock. Another agent may take it over.
+    pub stale: Option<StaleView>,
+}
+
+/// Whose lease ran out on a stale task, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleView {
+    /// The holder's agent.
+    pub agent: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub claim_id: String,
+    /// When the holder's lease ended (RFC 3339): its `lease_until`.
+    pub since: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderView {
     pub agent: String,

@@ -12,13 +12,20 @@ use sha2::{Digest, Sha256};
 use crate::hlc::Stamp;
 use crate::identity::{AgentName, MeshId, NodeId, NodeKey, hex, unhex};
 use crate::limits::{
-    FIELD_BYTES_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECORD_BYTES_MAX,
+    ATTEMPTS_MAX, FIELD_BYTES_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_ITEMS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX,
+    RECORD_BYTES_MAX,
 };
 use crate::probe::Probe;
+use crate::requirement::Requirement;
 use crate::task_id::TaskId;
 
-/// The version byte every record encoding starts with.
-pub const RECORD_VERSION: u8 = 1;
+/// The version byte every record this build signs starts with. Version 2 added the terms of a
+/// claim ([`Claim::requires`], [`Claim::max_attempts`]); every other kind is encoded as in
+/// version 1.
+pub const RECORD_VERSION: u8 = 2;
+/// The first version, still read: its records decode as they always did, and a version-1
+/// claim names no terms ([`Claim::names_terms`]).
+pub const RECORD_VERSION_LEGACY: u8 = 1;
 /// Prefix of the message a record signature covers, so a record signature can never be
 /// mistaken for a signature over anything else the node key signs.
 pub const RECORD_SIGNATURE_DOMAIN: &[u8] = b"meshwork-record-v1\0";
@@ -30,7 +37,8 @@ pub const SIGNATURE_BYTES: usize = 64;
 /// What a node signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Always [`RECORD_VERSION`]; a decoder refuses any other.
+    /// [`RECORD_VERSION`] in every record signed now; [`RECORD_VERSION_LEGACY`] in records
+    /// signed before claims named their terms. A decoder refuses any other.
     pub version: u8,
     /// The mesh the record belongs to; a record replayed into another mesh is invalid there.
     pub mesh: MeshId,
@@ -63,7 +71,12 @@ pub enum RecordBody {
     Ack { task: TaskId, claim: RecordId, generation: u32 },
 }
 
-/// An attempt to hold a task for one generation.
+/// An attempt to hold a task for one generation, on the terms the claimer saw.
+///
+/// The resolver judges a claim by what it names (its probe, its requirements, its attempt
+/// limit), never by the task's plain fields, which are unsigned and editable: so no edit of a
+/// field can make a claim stop counting after it counted (invariant 4, finished stays
+/// finished). An edit binds the claims made by nodes that saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     pub task: TaskId,
@@ -77,6 +90,41 @@ pub struct Claim {
     pub probe: Option<RecordId>,
     /// Counts only once a majority of members acknowledged it (`claim --quorum`).
     pub quorum: bool,
+    /// The task's hard requirements as the claimer saw them, in canonical order
+    /// ([`Claim::canonical_requirements`]): the claim counts only if the probe it names meets
+    /// every one. Empty in a version-1 claim.
+    pub requires: Vec<Requirement>,
+    /// The task's attempt limit as the claimer saw it: the claim counts only while fewer of
+    /// the task's generations than this have failed. At least 1 in a version-2 claim; 0 only
+    /// in a version-1 claim, which names no terms.
+    pub max_attempts: u32,
+}
+
+impl Claim {
+    /// Whether the claim names its terms (`requires`, `max_attempts`): every claim of record
+    /// version 2 does; a version-1 claim does not, and the resolver judges it by the task's
+    /// fields as it always did.
+    pub fn names_terms(&self) -> bool {
+        self.max_attempts != 0
+    }
+
+    /// Requirements in the order a claim names them: sorted by their text, bytewise, without
+    /// duplicates. One list has one encoding, so one claim has one id.
+    pub fn canonical_requirements(requirements: &[Requirement]) -> Vec<Requirement> {
+        let mut texts: Vec<(String, &Requirement)> =
+            requirements.iter().map(|requirement| (requirement.to_string(), requirement)).collect();
+        texts.sort_by(|a, b| a.0.cmp(&b.0));
+        texts.dedup_by(|a, b| a.0 == b.0);
+        texts.into_iter().map(|(_, requirement)| requirement.clone()).collect()
+    }
+
+    /// Whether the requirements are in canonical order, each text within `FIELD_BYTES_MAX`.
+    fn requirements_are_canonical(&self) -> bool {
+        let texts: Vec<String> = self.requires.iter().map(ToString::to_string).collect();
+        texts.len() <= LIST_ITEMS_MAX
+            && texts.iter().all(|text| text.len() <= FIELD_BYTES_MAX)
+            && texts.windows(2).all(|pair| pair[0] < pair[1])
+    }
 }
 
 /// Evidence a holder leaves for whoever comes next.
@@ -198,10 +246,12 @@ impl SignedRecord {
         let split = bytes.len().checked_sub(SIGNATURE_BYTES).ok_or(RecordError::Malformed("too short"))?;
         let (record_bytes, signature) = bytes.split_at(split);
         let version = *record_bytes.first().ok_or(RecordError::Malformed("empty"))?;
-        if version != RECORD_VERSION {
-            return Err(RecordError::UnknownVersion(version));
-        }
-        let record: Record = postcard::from_bytes(record_bytes).map_err(|_| RecordError::Malformed("undecodable"))?;
+        let record = match version {
+            RECORD_VERSION => postcard::from_bytes::<Record>(record_bytes).ok(),
+            RECORD_VERSION_LEGACY => legacy::decode(record_bytes),
+            other => return Err(RecordError::UnknownVersion(other)),
+        };
+        let record = record.ok_or(RecordError::Malformed("undecodable"))?;
         // Canonical: exactly one encoding per record, so one record has exactly one id.
         if encode_record(&record)? != record_bytes {
             return Err(RecordError::Malformed("not canonically encoded"));
@@ -230,7 +280,90 @@ impl SignedRecord {
 }
 
 fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
-    postcard::to_stdvec(record).map_err(|_| RecordError::Malformed("unencodable"))
+    let encoded = match record.version {
+        RECORD_VERSION => postcard::to_stdvec(record).ok(),
+        RECORD_VERSION_LEGACY => legacy::encode(record),
+        other => return Err(RecordError::UnknownVersion(other)),
+    };
+    encoded.ok_or(RecordError::Malformed("unencodable"))
+}
+
+/// Records of version 1. Every kind but `claim` has the bytes of version 2; a version-1 claim
+/// ends after `quorum`, without the terms version 2 added. In memory it is a [`Claim`] with no
+/// requirements and `max_attempts` 0, which no version-2 claim has.
+mod legacy {
+    use super::*;
+
+    /// A version-1 claim record, field for field as it was encoded.
+    #[derive(Serialize, Deserialize)]
+    struct ClaimRecord {
+        version: u8,
+        mesh: MeshId,
+        signer: NodeId,
+        agent: Option<AgentName>,
+        stamp: Stamp,
+        body: ClaimBody,
+    }
+
+    /// `RecordBody` of version 1, as far as claims go: the claim is variant 0 (tag `00`).
+    #[derive(Serialize, Deserialize)]
+    enum ClaimBody {
+        Claim(ClaimV1),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct ClaimV1 {
+        task: TaskId,
+        generation: u32,
+        lamport: u64,
+        lease_ms: u64,
+        probe: Option<RecordId>,
+        quorum: bool,
+    }
+
+    pub(super) fn decode(record_bytes: &[u8]) -> Option<Record> {
+        if let Ok(old) = postcard::from_bytes::<ClaimRecord>(record_bytes) {
+            let ClaimBody::Claim(claim) = old.body;
+            let claim = Claim {
+                task: claim.task,
+                generation: claim.generation,
+                lamport: claim.lamport,
+                lease_ms: claim.lease_ms,
+                probe: claim.probe,
+                quorum: claim.quorum,
+                requires: Vec::new(),
+                max_attempts: 0,
+            };
+            let (version, mesh, signer, agent, stamp) = (old.version, old.mesh, old.signer, old.agent, old.stamp);
+            return Some(Record { version, mesh, signer, agent, stamp, body: RecordBody::Claim(claim) });
+        }
+        // Any other kind of version 1 has the layout of today.
+        postcard::from_bytes::<Record>(record_bytes).ok().filter(|record| !matches!(record.body, RecordBody::Claim(_)))
+    }
+
+    pub(super) fn encode(record: &Record) -> Option<Vec<u8>> {
+        let RecordBody::Claim(claim) = &record.body else { return postcard::to_stdvec(record).ok() };
+        // A version-1 claim cannot carry terms: there are no bytes for them.
+        if claim.names_terms() || !claim.requires.is_empty() {
+            return None;
+        }
+        let old = ClaimRecord {
+            version: record.version,
+            mesh: record.mesh,
+            signer: record.signer,
+            agent: record.agent.clone(),
+            stamp: record.stamp,
+            body: ClaimBody::Claim(ClaimV1 {
+                task: claim.task.clone(),
+                generation: claim.generation,
+                lamport: claim.lamport,
+                lease_ms: claim.lease_ms,
+                probe: claim.probe,
+                quorum: claim.quorum,
+            }),
+        };
+        postcard::to_stdvec(&old).ok()
+    }
 }
 
 fn signature_message(record_bytes: &[u8]) -> Vec<u8> {
@@ -312,7 +445,14 @@ impl Record {
         let list =
             |items: &[String]| items.len() <= LIST_ITEMS_MAX && items.iter().all(|item| item.len() <= FIELD_BYTES_MAX);
         let within = match &self.body {
-            RecordBody::Claim(claim) => (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&claim.lease_ms),
+            RecordBody::Claim(claim) => {
+                let terms = if self.version == RECORD_VERSION_LEGACY {
+                    !claim.names_terms() && claim.requires.is_empty()
+                } else {
+                    (1..=ATTEMPTS_MAX).contains(&claim.max_attempts) && claim.requirements_are_canonical()
+                };
+                (LEASE_MS_MIN..=LEASE_MS_MAX).contains(&claim.lease_ms) && terms
+            }
             RecordBody::Renew { .. } | RecordBody::Approve { .. } | RecordBody::Ack { .. } => true,
             RecordBody::Release { reason, .. }
             | RecordBody::Fail { reason, .. }
@@ -361,8 +501,111 @@ mod tests {
                 lease_ms: 1_800_000,
                 probe: None,
                 quorum: false,
+                requires: vec!["os=linux".parse().unwrap(), "tool:cargo".parse().unwrap()],
+                max_attempts: 3,
             }),
         }
+    }
+
+    /// Signs bytes as they are, canonical or not, as a forger with a member's key could.
+    fn sign_bytes(mut bytes: Vec<u8>, key: &NodeKey) -> Vec<u8> {
+        let signature = key.sign(&signature_message(&bytes));
+        bytes.extend_from_slice(&signature);
+        bytes
+    }
+
+    fn claim_of(record: &Record) -> &Claim {
+        match &record.body {
+            RecordBody::Claim(claim) => claim,
+            other => panic!("not a claim: {other:?}"),
+        }
+    }
+
+    fn unhex_test(text: &str) -> Vec<u8> {
+        unhex(text).expect("test hex")
+    }
+
+    /// A claim signed before claims named their terms (record version 1: the `claim` test
+    /// vector of that version, bytes and signature as published) still decodes, to the same
+    /// record id, names no terms, and encodes back to exactly its bytes.
+    #[test]
+    fn a_version_1_claim_still_decodes_and_names_no_terms() {
+        let record_bytes = "01b344c1156a2cf798daaab0ced720b22a8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c0108636c617564652d31b8a2ebe59f3400000757524b2d3636340001c0ee6d0000";
+        let signature = "21ad06e5f31e4a6ecd1a47b32e7a12de85e5c27488d85bbfcfd6cca487ff778992d89c453fea366281da19bdffb3649bcf3c0ceb1b6ed6beb3adc640f1662c06";
+        let mut bytes = unhex_test(record_bytes);
+        bytes.extend(unhex_test(signature));
+        let decoded = SignedRecord::decode(&bytes).unwrap();
+        assert_eq!(decoded.id().to_string(), "458fdfd492fa26418724678a69583e95");
+        assert_eq!(decoded.record().version, RECORD_VERSION_LEGACY);
+        let claim = claim_of(decoded.record());
+        assert!(!claim.names_terms());
+        assert!(claim.requires.is_empty());
+        assert_eq!(encode_record(decoded.record()).unwrap(), unhex_test(record_bytes));
+        // Signed again by its key, it is the very same record.
+        let key = NodeKey::from_seed([1; 32]);
+        assert_eq!(SignedRecord::sign(decoded.record().clone(), &key).unwrap(), decoded);
+    }
+
+    /// Any other kind of version 1 (the published `done` vector of that version) decodes too.
+    #[test]
+    fn a_version_1_done_still_decodes() {
+        let record_bytes = "01b344c1156a2cf798daaab0ced720b22a8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c0108636c617564652d3198f7eee59f3400050757524b2d363634458fdfd492fa26418724678a69583e950a74657374732070617373";
+        let signature = "53500ab778b71e9033d2443b4f8f70b13dab8730014867578b56fc6bf214fea2dc8417817db091642eca4963cca4ff407a8b44217ec7de673299b75c49dcf10b";
+        let mut bytes = unhex_test(record_bytes);
+        bytes.extend(unhex_test(signature));
+        let decoded = SignedRecord::decode(&bytes).unwrap();
+        assert_eq!(decoded.id().to_string(), "9ea62f9b310eff586e787a848f4ef1ed");
+        assert!(matches!(decoded.record().body, RecordBody::Done { .. }));
+    }
+
+    /// A version-1 record cannot carry terms, and a version-2 claim must: neither signs.
+    #[test]
+    fn terms_go_with_version_2_claims_only() {
+        let key = NodeKey::from_seed([1; 32]);
+        let legacy_with_terms = Record { version: RECORD_VERSION_LEGACY, ..claim_record(&key) };
+        assert!(SignedRecord::sign(legacy_with_terms, &key).is_err());
+        let mut without_terms = claim_record(&key);
+        if let RecordBody::Claim(claim) = &mut without_terms.body {
+            claim.max_attempts = 0;
+        }
+        assert!(SignedRecord::sign(without_terms.clone(), &key).is_err());
+        // Nor does it decode, signed as bytes by a member that skips the check.
+        let bytes = sign_bytes(postcard::to_stdvec(&without_terms).unwrap(), &key);
+        assert!(SignedRecord::decode(&bytes).is_err());
+    }
+
+    /// A claim's requirements have one encoding: sorted by text, no duplicates, each in its
+    /// canonical text. Anything else is refused, even with a valid signature.
+    #[test]
+    fn a_claim_names_its_requirements_in_one_canonical_encoding() {
+        let key = NodeKey::from_seed([1; 32]);
+        let with = |texts: &[&str]| {
+            let mut record = claim_record(&key);
+            if let RecordBody::Claim(claim) = &mut record.body {
+                claim.requires = texts.iter().map(|text| text.parse().unwrap()).collect();
+            }
+            record
+        };
+        for texts in [&["tool:cargo", "os=linux"][..], &["os=linux", "os=linux"]] {
+            let bytes = sign_bytes(postcard::to_stdvec(&with(texts)).unwrap(), &key);
+            assert!(SignedRecord::decode(&bytes).is_err(), "{texts:?}");
+            assert!(SignedRecord::sign(with(texts), &key).is_err(), "{texts:?}");
+        }
+        // `mem>=1024M` reads as `mem>=1G`, which encodes otherwise: not canonical.
+        let canonical = postcard::to_stdvec(&with(&["mem>=1G"])).unwrap();
+        let short = b"mem>=1G";
+        let at = canonical.windows(short.len()).position(|window| window == short).unwrap();
+        let mut longer = canonical[..at - 1].to_vec();
+        longer.push(10);
+        longer.extend_from_slice(b"mem>=1024M");
+        longer.extend_from_slice(&canonical[at + short.len()..]);
+        let bytes = sign_bytes(longer, &key);
+        assert_eq!(SignedRecord::decode(&bytes), Err(RecordError::Malformed("not canonically encoded")));
+        // The canonical order is the texts' bytewise order.
+        let unsorted = with(&["tool:cargo", "os=linux", "tool:cargo"]);
+        let sorted = Claim::canonical_requirements(&claim_of(&unsorted).requires);
+        let texts: Vec<String> = sorted.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["os=linux", "tool:cargo"]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use meshwork_protocol::hlc::HLC_DRIFT_MS_MAX;
 use meshwork_protocol::identity::hex;
 use meshwork_protocol::limits;
 use meshwork_protocol::record::{
-    Claim, Membership, MembershipAction, RECORD_ID_DOMAIN, RECORD_SIGNATURE_DOMAIN, RECORD_VERSION, SIGNATURE_BYTES,
+    Claim, Membership, MembershipAction, RECORD_ID_DOMAIN, RECORD_SIGNATURE_DOMAIN, RECORD_VERSION,
+    RECORD_VERSION_LEGACY, SIGNATURE_BYTES,
 };
 use meshwork_protocol::storage::{
     self, BOOT_FILE_BYTES_MAX, BOOT_FILE_NAME, DOC_DIR_NAME, FILE_SEQUENCE_DIGITS, FILE_SEQUENCE_MAX, FrameHeader,
@@ -210,6 +211,7 @@ fn computed_vectors() -> Vec<Vector> {
         identity_vector(&key),
         task_id_vector(&key),
         claim_vector,
+        legacy_claim_vector(&key, mesh),
         done_vector(&key, mesh, claim.id()),
         membership_vector(&key, mesh),
         ack_vector(&key, mesh, claim.id()),
@@ -251,6 +253,7 @@ fn task_id_vector(key: &NodeKey) -> Vector {
 
 fn claim_vector(key: &NodeKey, mesh: MeshId) -> (SignedRecord, Vector) {
     let stamp = Stamp { wall_ms: FOUNDED_AT_MS, logical: 0 };
+    let requires = ["os=linux", "tool:cargo"].map(|text| text.parse().expect("a requirement"));
     let claim = Claim {
         task: task(),
         generation: 0,
@@ -258,6 +261,8 @@ fn claim_vector(key: &NodeKey, mesh: MeshId) -> (SignedRecord, Vector) {
         lease_ms: limits::LEASE_MS_DEFAULT,
         probe: None,
         quorum: false,
+        requires: Claim::canonical_requirements(&requires),
+        max_attempts: limits::ATTEMPTS_DEFAULT,
     };
     let record = record(key, mesh, Some(agent()), stamp, RecordBody::Claim(claim.clone()));
     let signed = SignedRecord::sign(record.clone(), key).expect("the claim signs");
@@ -270,6 +275,9 @@ fn claim_vector(key: &NodeKey, mesh: MeshId) -> (SignedRecord, Vector) {
     vector.push("claim.lease_ms", claim.lease_ms);
     vector.push("claim.probe", "none");
     vector.push("claim.quorum", claim.quorum);
+    let texts: Vec<String> = claim.requires.iter().map(ToString::to_string).collect();
+    vector.push("claim.requires", texts.join(","));
+    vector.push("claim.max_attempts", claim.max_attempts);
     // Each field's own bytes, so an implementer can find where an encoding goes wrong.
     let parts = [
         ("encoding.version", postcard(&record.version)),
@@ -285,6 +293,8 @@ fn claim_vector(key: &NodeKey, mesh: MeshId) -> (SignedRecord, Vector) {
         ("encoding.claim.lease_ms", postcard(&claim.lease_ms)),
         ("encoding.claim.probe", postcard(&claim.probe)),
         ("encoding.claim.quorum", postcard(&claim.quorum)),
+        ("encoding.claim.requires", postcard(&claim.requires)),
+        ("encoding.claim.max_attempts", postcard(&claim.max_attempts)),
     ];
     let concatenated: Vec<u8> = parts.iter().flat_map(|(_, bytes)| bytes.iter().copied()).collect();
     assert_eq!(concatenated, record_bytes(&signed), "the field encodings must add up to the record bytes");
@@ -293,6 +303,38 @@ fn claim_vector(key: &NodeKey, mesh: MeshId) -> (SignedRecord, Vector) {
     }
     push_signed_outputs(&mut vector, &signed);
     (signed, vector)
+}
+
+/// A claim of record version 1, before claims named their terms: the same claim without
+/// `requires` and `max_attempts`. Nodes still read such records (and judge them by the
+/// task's fields); this pins that their bytes, signature and id are what they always were.
+fn legacy_claim_vector(key: &NodeKey, mesh: MeshId) -> Vector {
+    let stamp = Stamp { wall_ms: FOUNDED_AT_MS, logical: 0 };
+    let claim = Claim {
+        task: task(),
+        generation: 0,
+        lamport: 1,
+        lease_ms: limits::LEASE_MS_DEFAULT,
+        probe: None,
+        quorum: false,
+        requires: Vec::new(),
+        max_attempts: 0,
+    };
+    let record =
+        Record { version: RECORD_VERSION_LEGACY, ..record(key, mesh, Some(agent()), stamp, RecordBody::Claim(claim)) };
+    let signed = SignedRecord::sign(record.clone(), key).expect("a version-1 claim signs");
+    let mut vector = Vector::new("claim-v1");
+    push_header_inputs(&mut vector, mesh, &record);
+    vector.push("version", record.version);
+    vector.push("body", "claim");
+    vector.push("claim.task", TASK);
+    vector.push("claim.generation", 0);
+    vector.push("claim.lamport", 1);
+    vector.push("claim.lease_ms", limits::LEASE_MS_DEFAULT);
+    vector.push("claim.probe", "none");
+    vector.push("claim.quorum", false);
+    push_signed_outputs(&mut vector, &signed);
+    vector
 }
 
 fn done_vector(key: &NodeKey, mesh: MeshId, claim: meshwork_protocol::RecordId) -> Vector {

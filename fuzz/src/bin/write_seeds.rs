@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use meshwork_crdt::QueueDoc;
 use meshwork_fuzz::{fuzz_key, sample_replica, valid_records};
 use meshwork_protocol::ErrorCode;
+use meshwork_protocol::record::RECORD_VERSION;
 use meshwork_protocol::derived_cache::open_derived_cache;
 use meshwork_protocol::wire::{Frame, JoinRefusal, JoinRequest, length_prefixed};
 
@@ -36,7 +37,13 @@ fn main() -> Result<(), String> {
     }
     write(&root, "frame_splitter", "every-kind", &stream)?;
     for signed in valid_records() {
-        write(&root, "record_decoder", signed.record().kind(), signed.bytes())?;
+        let record = signed.record();
+        let name = if record.version == RECORD_VERSION {
+            record.kind().to_owned()
+        } else {
+            format!("{}-v{}", record.kind(), record.version)
+        };
+        write(&root, "record_decoder", &name, signed.bytes())?;
     }
 
     let replica = sample_replica();
