@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use meshwork_crdt::events::EventDigest;
 use meshwork_crdt::inbox::Notice;
-use meshwork_crdt::{Applied, OpError, Replica, Speaker, Touched};
+use meshwork_crdt::{Applied, OpError, Replica, Speaker, TaskEntry, Touched};
 use meshwork_protocol::NodeId;
 use meshwork_protocol::api::{
-    AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
+    AddTask, ClaimTask, EditTask, HandoffRequest, LiveTaskView, MemberView, NodeStatus, StorageView, TaskStatus,
 };
 use meshwork_protocol::api::{InviteView, JoinedView, MessageView};
 use meshwork_protocol::error::ErrorBody;
@@ -42,7 +42,7 @@ const COMPACT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 const COMPACT_ON_STOP_LOG_BYTES: u64 = 1024 * 1024;
 
 /// A mutation's answer: the task as it now stands, or a contract error.
-pub(crate) type Answer = Result<TaskView, ErrorBody>;
+pub(crate) type Answer = Result<LiveTaskView, ErrorBody>;
 
 /// Where the actor sends one typed answer.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
@@ -66,9 +66,17 @@ pub(crate) enum Mutation {
 /// Every question about the queue, each with where its typed answer goes.
 #[derive(Debug)]
 pub(crate) enum Query {
-    Task(TaskId, Reply<TaskView>),
-    List(Vec<TaskStatus>, Reply<Vec<TaskView>>),
-    Ready { all: bool, reply: Reply<Vec<TaskView>> },
+    Task(TaskId, Reply<LiveTaskView>),
+    /// The tasks of these statuses (all: none named); with `stale`, only stale ones.
+    List {
+        statuses: Vec<TaskStatus>,
+        stale: bool,
+        reply: Reply<Vec<LiveTaskView>>,
+    },
+    Ready {
+        all: bool,
+        reply: Reply<Vec<LiveTaskView>>,
+    },
     Export(ExportFormat, Reply<Vec<u8>>),
     Members(Reply<Vec<MemberView>>),
     Caps(Reply<Probe>),
@@ -314,7 +322,7 @@ impl QueueActor {
                     continue;
                 }
                 () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
-                    self.publish_lease_events();
+                    self.publish_lease_events().await;
                     continue;
                 }
                 () = tokio::time::sleep_until(quorum_deadline.unwrap_or_else(tokio::time::Instant::now)), if quorum_deadline.is_some() => {
@@ -655,17 +663,46 @@ impl QueueActor {
         }
     }
 
-    fn publish_lease_events(&mut self) {
-        let events = self.digest.lease_events(now_ms());
+    /// The lease timer fired: publish the lease events due, and when a lease of this node's
+    /// agents ran out, write each holder's one `expired-` notice (without waiting for it).
+    async fn publish_lease_events(&mut self) {
+        let now = now_ms();
+        let events = self.digest.lease_events(now);
+        let node = self.replica.node().to_string();
+        let own_expired =
+            events.iter().any(|event| matches!(event, Event::LeaseExpired { node_id, .. } if *node_id == node));
         if !events.is_empty() {
             self.events.publish(events);
         }
+        if !own_expired {
+            return;
+        }
+        let key = Arc::clone(&self.key);
+        let duties = self.replica.fulfil_expiry_duties(&key, now);
+        for error in &duties.errors {
+            warn!(%error, "a notice of an expired lease was not written");
+        }
+        if duties.changes.is_empty() {
+            return;
+        }
+        let touched = Touched {
+            tasks: duties
+                .notices
+                .iter()
+                .filter_map(|notice| notice.message.task.as_deref())
+                .filter_map(|task| TaskId::new(task).ok())
+                .collect(),
+            ..Touched::default()
+        };
+        self.publish_events(&touched, &duties.notices);
+        let (durable, _nobody_waits) = oneshot::channel();
+        self.write_then_answer(duties.changes.into_iter().map(Frame::Changes).collect(), Ok(()), durable).await;
     }
 
     /// The task as the replica now derives it.
     fn task_answer(&self, id: &TaskId) -> Answer {
         let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
-        Ok(self.replica.task_view(entry))
+        Ok(self.replica.live_task_view(entry, now_ms()))
     }
 
     /// Answers a question from the replica as it is; never waits.
@@ -675,21 +712,25 @@ impl QueueActor {
             Query::Task(id, reply) => {
                 let _ = reply.send(self.task_answer(&id));
             }
-            Query::List(statuses, reply) => {
-                let views = replica
-                    .tasks()
-                    .values()
+            Query::List { statuses, stale, reply } => {
+                let now = now_ms();
+                let tasks: Vec<&TaskEntry> =
+                    if stale { replica.stale_tasks(now) } else { replica.tasks().values().collect() };
+                let views = tasks
+                    .into_iter()
                     .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
-                    .map(|entry| replica.task_view(entry))
+                    .map(|entry| replica.live_task_view(entry, now))
                     .collect();
                 let _ = reply.send(Ok(views));
             }
             Query::Ready { all, reply } => {
+                // Open ready tasks and stale ones (a takeover), in claim order.
+                let now = now_ms();
                 let views = replica
-                    .ready_tasks()
+                    .ready_tasks_at(now)
                     .into_iter()
                     .filter(|entry| all || replica.unmet_here(entry).is_empty())
-                    .map(|entry| replica.task_view(entry))
+                    .map(|entry| replica.live_task_view(entry, now))
                     .collect();
                 let _ = reply.send(Ok(views));
             }
@@ -816,7 +857,7 @@ pub(crate) fn no_task(id: &TaskId) -> ErrorBody {
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum KeptAnswer {
-    Ok(Box<TaskView>),
+    Ok(Box<LiveTaskView>),
     Error(ErrorBody),
 }
 
