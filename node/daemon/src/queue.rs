@@ -758,16 +758,7 @@ impl QueueActor {
     }
 
     pub(super) fn member_views(&self) -> Vec<MemberView> {
-        self.replica
-            .members()
-            .current()
-            .map(|member| MemberView {
-                node_id: member.node.to_string(),
-                name: member.name.clone(),
-                added_by: member.added_by.to_string(),
-                added_at: format_rfc3339_ms(member.added_at.wall_ms),
-            })
-            .collect()
+        self.replica.member_views()
     }
 
     fn status(&self) -> NodeStatus {
