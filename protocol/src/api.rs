@@ -186,37 +186,85 @@ pub struct FailureView {
     pub at: String,
 }
 
-/// `POST /v1/tasks`: `meshwork task add`.
+/// `POST /v1/tasks`: `meshwork task add`. With the `clap` feature it is also the command's
+/// arguments, so a task field is defined once for the API and the command line; the doc
+/// comments are the command's help.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(default)]
 pub struct AddTask {
-    pub id: Option<String>,
+    /// What to do, in one line
     pub title: String,
+    /// The task's id [default: generated, `mw-...`]
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub id: Option<String>,
+    /// Everything the agent needs to know
+    #[cfg_attr(feature = "clap", arg(long, default_value = "", hide_default_value = true))]
     pub description: String,
+    /// Start only after this task is done (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "ID"))]
     pub after: Vec<String>,
+    /// Run only on machines that meet this requirement (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "REQ"))]
     pub requires: Vec<String>,
+    /// Rather run on machines that meet this requirement (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "REQ"))]
     pub prefers: Vec<String>,
+    /// A label (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "label", value_name = "L"))]
     pub labels: Vec<String>,
+    /// Higher goes first; may be negative
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = 0, hide_default_value = true))]
     pub priority: i64,
+    /// How long a claim lasts without renewal (90s, 30m, 2h, 1d)
+    #[cfg_attr(feature = "clap", arg(long = "lease", value_name = "DURATION", value_parser = crate::time::parse_duration_ms))]
     pub lease_ms: Option<u64>,
+    /// How many failed attempts before the task fails for good
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_attempts: Option<u32>,
+    /// An acceptance check command (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "check", value_name = "CMD"))]
     pub checks: Vec<String>,
+    /// A file or glob the task touches (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "file", value_name = "GLOB"))]
     pub files: Vec<String>,
+    /// Nobody may claim the task before someone approves it
+    #[cfg_attr(feature = "clap", arg(long))]
     pub needs_approval: bool,
 }
 
-/// `PATCH /v1/tasks/{id}`: `meshwork task edit`. Absent fields stay as they are.
+/// `PATCH /v1/tasks/{id}`: `meshwork task edit`. Absent fields stay as they are. With the
+/// `clap` feature it is also the command's arguments (after the task id).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(default)]
 pub struct EditTask {
+    /// A new title
+    #[cfg_attr(feature = "clap", arg(long))]
     pub title: Option<String>,
+    /// A new description
+    #[cfg_attr(feature = "clap", arg(long))]
     pub description: Option<String>,
+    /// A new priority; may be negative
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub priority: Option<i64>,
+    /// Add a dependency (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "ID"))]
     pub after: Vec<String>,
+    /// Remove a dependency (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "ID"))]
     pub not_after: Vec<String>,
+    /// Replace the hard requirements with these (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "REQ"))]
     pub requires: Option<Vec<String>>,
+    /// Replace the preferences with these (repeatable)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "REQ"))]
     pub prefers: Option<Vec<String>>,
+    /// A new lease (90s, 30m, 2h, 1d)
+    #[cfg_attr(feature = "clap", arg(long = "lease", value_name = "DURATION", value_parser = crate::time::parse_duration_ms))]
     pub lease_ms: Option<u64>,
+    /// A new limit on failed attempts
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_attempts: Option<u32>,
 }
 

@@ -253,7 +253,7 @@ pub(crate) struct StartOptions {
 pub(crate) enum TaskCommand {
     /// Add a task
     #[command(allow_negative_numbers = true)]
-    Add(AddArgs),
+    Add(AddTask),
     /// Show one task
     Show {
         /// The task
@@ -270,7 +270,12 @@ pub(crate) enum TaskCommand {
     },
     /// Change a task; what is not named stays as it is
     #[command(allow_negative_numbers = true)]
-    Edit(EditArgs),
+    Edit {
+        /// The task
+        id: String,
+        #[command(flatten)]
+        edit: EditTask,
+    },
     /// Cancel a task
     Cancel {
         /// The task
@@ -279,83 +284,6 @@ pub(crate) enum TaskCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-}
-
-/// `meshwork task add`.
-#[derive(Debug, Args)]
-pub(crate) struct AddArgs {
-    /// What to do, in one line
-    title: String,
-    /// The task's id [default: generated, `mw-...`]
-    #[arg(long)]
-    id: Option<String>,
-    /// Everything the agent needs to know
-    #[arg(long)]
-    description: Option<String>,
-    /// Start only after this task is done (repeatable)
-    #[arg(long, value_name = "ID")]
-    after: Vec<String>,
-    /// Run only on machines that meet this requirement (repeatable)
-    #[arg(long, value_name = "REQ")]
-    requires: Vec<String>,
-    /// Rather run on machines that meet this requirement (repeatable)
-    #[arg(long, value_name = "REQ")]
-    prefers: Vec<String>,
-    /// A label (repeatable)
-    #[arg(long = "label", value_name = "L")]
-    labels: Vec<String>,
-    /// Higher goes first; may be negative
-    #[arg(long, value_name = "N")]
-    priority: Option<i64>,
-    /// How long a claim lasts without renewal (90s, 30m, 2h, 1d)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
-    lease: Option<u64>,
-    /// How many failed attempts before the task fails for good
-    #[arg(long, value_name = "N")]
-    max_attempts: Option<u32>,
-    /// An acceptance check command (repeatable)
-    #[arg(long = "check", value_name = "CMD")]
-    checks: Vec<String>,
-    /// A file or glob the task touches (repeatable)
-    #[arg(long = "file", value_name = "GLOB")]
-    files: Vec<String>,
-    /// Nobody may claim the task before someone approves it
-    #[arg(long)]
-    needs_approval: bool,
-}
-
-/// `meshwork task edit`.
-#[derive(Debug, Args)]
-pub(crate) struct EditArgs {
-    /// The task
-    id: String,
-    /// A new title
-    #[arg(long)]
-    title: Option<String>,
-    /// A new description
-    #[arg(long)]
-    description: Option<String>,
-    /// A new priority; may be negative
-    #[arg(long, value_name = "N")]
-    priority: Option<i64>,
-    /// Add a dependency (repeatable)
-    #[arg(long, value_name = "ID")]
-    after: Vec<String>,
-    /// Remove a dependency (repeatable)
-    #[arg(long, value_name = "ID")]
-    not_after: Vec<String>,
-    /// Replace the hard requirements with these (repeatable)
-    #[arg(long, value_name = "REQ")]
-    requires: Option<Vec<String>>,
-    /// Replace the preferences with these (repeatable)
-    #[arg(long, value_name = "REQ")]
-    prefers: Option<Vec<String>>,
-    /// A new lease (90s, 30m, 2h, 1d)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
-    lease: Option<u64>,
-    /// A new limit on failed attempts
-    #[arg(long, value_name = "N")]
-    max_attempts: Option<u32>,
 }
 
 /// `meshwork claim ID` or `meshwork claim --next`: exactly one of the two.
@@ -817,16 +745,15 @@ async fn watch(global: &GlobalOptions, home: &Path, kinds: Vec<String>, after: O
 
 async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result<(), ErrorBody> {
     match command {
-        TaskCommand::Add(add) => session.on_task::<route::TaskAdd>((), add.into_request(), TaskAction::Added).await,
+        TaskCommand::Add(add) => session.on_task::<route::TaskAdd>((), add, TaskAction::Added).await,
         TaskCommand::Show { id } => session.on_task::<route::TaskShow>(task_id(&id)?, Empty {}, TaskAction::Show).await,
         TaskCommand::List { statuses, stale } => {
             let status = statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>().join(",");
             let request = ListTasks { status: (!status.is_empty()).then_some(status), stale };
             session.call::<route::TaskList>((), request, |tasks| output::task_table(tasks)).await
         }
-        TaskCommand::Edit(edit) => {
-            let id = task_id(&edit.id)?;
-            let request = edit.into_request();
+        TaskCommand::Edit { id, edit: request } => {
+            let id = task_id(&id)?;
             if request == EditTask::default() {
                 return Err(ErrorBody::new(
                     ErrorCode::Usage,
@@ -838,42 +765,6 @@ async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result
         }
         TaskCommand::Cancel { id, reason } => {
             session.on_task::<route::TaskCancel>(task_id(&id)?, note(reason, None), TaskAction::Cancelled).await
-        }
-    }
-}
-
-impl AddArgs {
-    fn into_request(self) -> AddTask {
-        AddTask {
-            id: self.id,
-            title: self.title,
-            description: self.description.unwrap_or_default(),
-            after: self.after,
-            requires: self.requires,
-            prefers: self.prefers,
-            labels: self.labels,
-            priority: self.priority.unwrap_or(0),
-            lease_ms: self.lease,
-            max_attempts: self.max_attempts,
-            checks: self.checks,
-            files: self.files,
-            needs_approval: self.needs_approval,
-        }
-    }
-}
-
-impl EditArgs {
-    fn into_request(self) -> EditTask {
-        EditTask {
-            title: self.title,
-            description: self.description,
-            priority: self.priority,
-            after: self.after,
-            not_after: self.not_after,
-            requires: self.requires,
-            prefers: self.prefers,
-            lease_ms: self.lease,
-            max_attempts: self.max_attempts,
         }
     }
 }
@@ -1002,7 +893,7 @@ mod tests {
     #[test]
     fn durations_percents_and_negative_priorities_are_validated() {
         let lease = |text: &str| match parse_args(&["task", "add", "T", "--lease", text]) {
-            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => Ok(add.lease),
+            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => Ok(add.lease_ms),
             Ok(other) => panic!("not an add: {other:?}"),
             Err(error) => Err(error.kind()),
         };
@@ -1015,8 +906,8 @@ mod tests {
             assert!(parse_args(&["progress", "W-1", "half", "--percent", bad]).is_err(), "{bad}");
         }
         let priority = |args: &[&str]| match parse_args(args) {
-            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => add.priority,
-            Ok(Cli { command: Command::Task { command: TaskCommand::Edit(edit) }, .. }) => edit.priority,
+            Ok(Cli { command: Command::Task { command: TaskCommand::Add(add) }, .. }) => Some(add.priority),
+            Ok(Cli { command: Command::Task { command: TaskCommand::Edit { edit, .. } }, .. }) => edit.priority,
             other => panic!("{other:?}"),
         };
         assert_eq!(priority(&["task", "add", "T", "--priority", "-5"]), Some(-5));
