@@ -147,20 +147,24 @@ impl Replica {
     }
 
     /// The canonical JSON export of the whole resolved state.
+    /// The current members as `mesh members` and the export show them, by node id.
+    pub fn member_views(&self) -> Vec<MemberView> {
+        self.members()
+            .current()
+            .map(|member| MemberView {
+                node_id: member.node.to_string(),
+                name: member.name.clone(),
+                added_by: member.added_by.to_string(),
+                added_at: format_rfc3339_ms(member.added_at.wall_ms),
+            })
+            .collect()
+    }
+
     pub fn export_json(&self) -> String {
         let export = Export {
             schema: EXPORT_SCHEMA,
             mesh_id: self.mesh().map(|mesh| mesh.to_string()).unwrap_or_default(),
-            members: self
-                .members()
-                .current()
-                .map(|member| MemberView {
-                    node_id: member.node.to_string(),
-                    name: member.name.clone(),
-                    added_by: member.added_by.to_string(),
-                    added_at: format_rfc3339_ms(member.added_at.wall_ms),
-                })
-                .collect(),
+            members: self.member_views(),
             tasks: self.task_views(),
         };
         // Serializing plain structs of strings, numbers and vectors cannot fail.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::Probe;
 use crate::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, InviteView, JoinMesh, JoinedView,
-    MemberView, MessageView, NodeStatus, RemoveMember, TaskNote, TaskView,
+    LiveTaskView, MemberView, MessageView, NodeStatus, RemoveMember, TaskNote,
 };
 use crate::task_id::TaskId;
 
@@ -102,6 +102,9 @@ pub struct ListTasks {
     /// Comma-separated statuses (`open,claimed`); all statuses when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Only stale tasks: claimed, and their holder's lease ended by the node's clock.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// `ready`'s query: ready for this machine, or (`all`) for any.
@@ -159,33 +162,33 @@ routes! {
     /// `node stop`.
     Shutdown: Post "/v1/shutdown", (), Empty => Stopping, mutates: false;
     /// `task list`.
-    TaskList: Get "/v1/tasks", (), ListTasks => Vec<TaskView>, mutates: false;
+    TaskList: Get "/v1/tasks", (), ListTasks => Vec<LiveTaskView>, mutates: false;
     /// `task add`.
-    TaskAdd: Post "/v1/tasks", (), AddTask => TaskView, mutates: true;
+    TaskAdd: Post "/v1/tasks", (), AddTask => LiveTaskView, mutates: true;
     /// `task show`.
-    TaskShow: Get "/v1/tasks/{id}", TaskId, Empty => TaskView, mutates: false;
+    TaskShow: Get "/v1/tasks/{id}", TaskId, Empty => LiveTaskView, mutates: false;
     /// `task edit`.
-    TaskEdit: Patch "/v1/tasks/{id}", TaskId, EditTask => TaskView, mutates: true;
+    TaskEdit: Patch "/v1/tasks/{id}", TaskId, EditTask => LiveTaskView, mutates: true;
     /// `task cancel`: `text` is the reason.
-    TaskCancel: Post "/v1/tasks/{id}/cancel", TaskId, TaskNote => TaskView, mutates: true;
+    TaskCancel: Post "/v1/tasks/{id}/cancel", TaskId, TaskNote => LiveTaskView, mutates: true;
     /// `ready`.
-    Ready: Get "/v1/ready", (), ReadyQuery => Vec<TaskView>, mutates: false;
+    Ready: Get "/v1/ready", (), ReadyQuery => Vec<LiveTaskView>, mutates: false;
     /// `claim ID` and `claim --next`.
-    Claim: Post "/v1/claim", (), ClaimTask => TaskView, mutates: true;
+    Claim: Post "/v1/claim", (), ClaimTask => LiveTaskView, mutates: true;
     /// `renew`.
-    Renew: Post "/v1/tasks/{id}/renew", TaskId, Empty => TaskView, mutates: true;
+    Renew: Post "/v1/tasks/{id}/renew", TaskId, Empty => LiveTaskView, mutates: true;
     /// `release`: `text` is the reason.
-    Release: Post "/v1/tasks/{id}/release", TaskId, TaskNote => TaskView, mutates: true;
+    Release: Post "/v1/tasks/{id}/release", TaskId, TaskNote => LiveTaskView, mutates: true;
     /// `progress`: `text` is the message.
-    Progress: Post "/v1/tasks/{id}/progress", TaskId, TaskNote => TaskView, mutates: true;
+    Progress: Post "/v1/tasks/{id}/progress", TaskId, TaskNote => LiveTaskView, mutates: true;
     /// `handoff`.
-    Handoff: Post "/v1/tasks/{id}/handoff", TaskId, HandoffRequest => TaskView, mutates: true;
+    Handoff: Post "/v1/tasks/{id}/handoff", TaskId, HandoffRequest => LiveTaskView, mutates: true;
     /// `done`: `text` is the summary.
-    Done: Post "/v1/tasks/{id}/done", TaskId, TaskNote => TaskView, mutates: true;
+    Done: Post "/v1/tasks/{id}/done", TaskId, TaskNote => LiveTaskView, mutates: true;
     /// `fail`: `text` is the reason.
-    Fail: Post "/v1/tasks/{id}/fail", TaskId, TaskNote => TaskView, mutates: true;
+    Fail: Post "/v1/tasks/{id}/fail", TaskId, TaskNote => LiveTaskView, mutates: true;
     /// `approve`.
-    Approve: Post "/v1/tasks/{id}/approve", TaskId, Empty => TaskView, mutates: true;
+    Approve: Post "/v1/tasks/{id}/approve", TaskId, Empty => LiveTaskView, mutates: true;
     /// `mesh members`.
     Members: Get "/v1/members", (), Empty => Vec<MemberView>, mutates: false;
     /// `caps` while a node runs: its newest probe.

@@ -418,3 +418,73 @@ fn a_stale_derived_state_cache_is_refused_and_every_task_served() {
     assert_eq!(node.ok(&["task", "show", "OLD"])["status"], "claimed");
     assert_eq!(node.ok(&["node", "status"])["tasks"], 2);
 }
+
+/// Regression (issue "Node foundation"): `task add X; claim X; done X; task edit X --requires
+/// gpu` left X open with no result and offered it again. An edit of a finished task's terms is
+/// refused and changes nothing; an edit of a held task's requirements never ejects its holder.
+#[test]
+fn editing_requirements_never_reopens_a_done_task_nor_ejects_a_holder() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "finished work", "--id", "X"]);
+    node.ok(&["claim", "X"]);
+    node.ok(&["done", "X", "--summary", "shipped"]);
+    let edit = node.cli(&["task", "edit", "X", "--requires", "gpu", "--json"]);
+    assert_eq!((edit.code, edit.error_code()), (9, "INVALID_TRANSITION".to_owned()), "{edit:?}");
+    let shown = node.ok(&["task", "show", "X"]);
+    assert_eq!((shown["status"].as_str(), shown["result"]["summary"].as_str()), (Some("done"), Some("shipped")));
+    assert_eq!(shown["requires"], serde_json::json!([]), "the refused edit changed nothing");
+    let offered = node.ok(&["ready", "--all"]);
+    assert!(offered.as_array().is_some_and(|tasks| tasks.iter().all(|task| task["id"] != "X")), "{offered}");
+
+    // A held task: the edit applies to later claims; the holder keeps the task.
+    node.ok(&["task", "add", "held work", "--id", "Y"]);
+    let claimed = node.ok(&["claim", "Y"]);
+    node.ok(&["task", "edit", "Y", "--requires", "gpu>=1"]);
+    let held = node.ok(&["task", "show", "Y"]);
+    assert_eq!(held["status"], "claimed");
+    assert_eq!(held["holder"]["claim_id"], claimed["holder"]["claim_id"], "the holder was not ejected");
+    assert_eq!(node.ok(&["done", "Y"])["status"], "done", "the holder can still finish it");
+}
+
+/// Regression (issue "Node foundation"): a task whose holder's lease expired stayed
+/// `claimed`, never offered and nobody told. Now `ready` offers it as stale, with the holder
+/// and since when; `task list --stale` lists it; the holder's agent gets one notice; and
+/// `claim --next` takes it over.
+#[test]
+fn a_task_whose_lease_expired_is_offered_listed_told_and_taken_over() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "abandoned", "--id", "S", "--lease", "10s", "--priority", "3"]);
+    node.ok(&["task", "add", "fresh but less urgent", "--id", "F"]);
+    let claimed = node.cli_as("agent-gone", &["claim", "S", "--json"]);
+    assert_eq!(claimed.code, 0, "{claimed:?}");
+    let lease_until = claimed.json()["holder"]["lease_until"].as_str().unwrap_or_default().to_owned();
+    let offered = |node: &TestNode| node.ok(&["ready"]).as_array().cloned().unwrap_or_default();
+    assert!(offered(&node).iter().all(|task| task["id"] != "S"), "a live lease is not offered");
+
+    meshwork_tests::wait_until("the lease runs out", Duration::from_secs(30), || {
+        offered(&node).iter().any(|task| task["id"] == "S")
+    });
+    let stale = offered(&node).into_iter().find(|task| task["id"] == "S").unwrap_or_default();
+    assert_eq!(stale["status"], "claimed", "on record the task is still claimed");
+    assert_eq!(stale["stale"]["agent"], "agent-gone");
+    assert_eq!(stale["stale"]["since"], lease_until.as_str());
+    assert_eq!(offered(&node)[0]["id"], "S", "stale work of higher priority goes first");
+    let listed = node.ok(&["task", "list", "--stale"]);
+    let ids: Vec<&str> = listed.as_array().into_iter().flatten().filter_map(|task| task["id"].as_str()).collect();
+    assert_eq!(ids, ["S"]);
+
+    let notices = |agent: &str| -> usize {
+        let inbox = node.cli_as(agent, &["inbox", "read", "--json"]).json();
+        let ids = inbox.as_array().cloned().unwrap_or_default();
+        ids.iter().filter(|message| message["id"].as_str().is_some_and(|id| id.starts_with("expired-"))).count()
+    };
+    meshwork_tests::wait_until("the holder's agent is told", Duration::from_secs(10), || notices("agent-gone") == 1);
+
+    let taken = node.cli_as("agent-new", &["claim", "--next", "--json"]);
+    assert_eq!(taken.code, 0, "{taken:?}");
+    let taken = taken.json();
+    assert_eq!((taken["id"].as_str(), taken["holder"]["agent"].as_str()), (Some("S"), Some("agent-new")));
+    assert_eq!(taken["generation"], 1, "a takeover opens the next generation");
+    assert!(taken["stale"].is_null());
+    assert_eq!(notices("agent-gone"), 1, "told once");
+}

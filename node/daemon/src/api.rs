@@ -56,7 +56,7 @@ pub(crate) fn router(state: ApiState) -> Router {
     });
     let router = serve::<route::TaskList, _, _>(router, |s, _, (), request| async move {
         let statuses = parse_statuses(request.status.as_deref())?;
-        s.queue.query(|reply| Query::List(statuses, reply)).await
+        s.queue.query(|reply| Query::List { statuses, stale: request.stale, reply }).await
     });
     let router = serve::<route::TaskAdd, _, _>(router, |s, c, (), add| mutate(s, c, Mutation::AddTask(add)));
     let router = serve::<route::TaskShow, _, _>(router, |s, _, id, _| async move {
@@ -157,7 +157,7 @@ async fn mutate(
     state: ApiState,
     caller: Caller,
     mutation: Mutation,
-) -> Result<meshwork_protocol::api::TaskView, ErrorBody> {
+) -> Result<meshwork_protocol::api::LiveTaskView, ErrorBody> {
     state.queue.mutate(caller.agent, caller.request_id, mutation).await
 }
 

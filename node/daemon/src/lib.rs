@@ -13,6 +13,7 @@ mod api;
 pub mod clock;
 mod events;
 mod home;
+mod invites;
 mod mesh;
 mod net;
 mod probe;
@@ -38,7 +39,7 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::events::EventBus;
 use crate::home::{Config, Home, MeshFile, default_node_name};
-use crate::net::{NetConfig, NetHandle, Network};
+use crate::net::{NetConfig, NetEvents, NetHandle, Network};
 use crate::probe::{DEFAULT_TOOLS, ProbeConfig, probe_machine};
 use crate::queue::{NodeFacts, QueueActor, RequestTable};
 use crate::store::{StoreConfig, StoreHandle};
@@ -235,6 +236,7 @@ fn queue_actor(
 ) -> QueueActor {
     QueueActor {
         digest: EventDigest::of(&recovery.replica),
+        quorum_waiting: Vec::new(),
         events,
         replica: recovery.replica,
         key,
@@ -253,7 +255,7 @@ fn queue_actor(
         engine: meshwork_crdt::sync::SyncEngine::default(),
         links: Default::default(),
         net,
-        invites: mesh::Invites::load(&mesh::Invites::path(home.root())),
+        invites: invites::Invites::load(&invites::Invites::path(home.root())),
         push_queued: Arc::default(),
         // Replaced by `QueueActor::spawn` with the actor's own channel.
         commands: tokio::sync::mpsc::channel(1).0.downgrade(),
@@ -274,7 +276,8 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     // the stored probe and refresh it in the background.
     let has_probe = actor.replica.probes().latest(&key.node_id()).is_some();
     let allowlist = actor.allowlist();
-    let (queue, actor_task) = actor.spawn();
+    let (heard, heard_in) = NetEvents::new();
+    let (queue, actor_task) = actor.spawn(heard_in);
     let probing = spawn_probe(&home, &config, queue.clone());
     if !has_probe {
         let _ = probing.await;
@@ -282,7 +285,7 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let network_task = match network {
         Some(config) => {
-            let network = Network::new(&key, &config, queue.clone(), net.clone(), allowlist, events.clone())?;
+            let network = Network::new(&key, &config, heard, net.clone(), allowlist, events.clone())?;
             Some(tokio::spawn(network.run(net_commands, shutdown.clone())))
         }
         None => {

@@ -18,112 +18,29 @@ use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::hlc::HLC_DRIFT_MS_MAX;
 use meshwork_protocol::identity::hex;
 use meshwork_protocol::invite::{InviteToken, secret_hash};
-use meshwork_protocol::limits::{INVITE_TTL_MS_DEFAULT, INVITE_TTL_MS_MAX, INVITES_KEPT_MAX};
+use meshwork_protocol::limits::{INVITE_TTL_MS_DEFAULT, INVITE_TTL_MS_MAX};
 use meshwork_protocol::record::{Membership, MembershipAction};
 use meshwork_protocol::storage::Frame;
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::wire::{JoinRefusal, JoinRequest};
 use meshwork_protocol::{AgentId, AgentName, ErrorCode, NodeId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::home::MeshFile;
-use crate::net::{Allowlist, NetCommand};
-use crate::queue::{Command, QueueActor, QueueHandle, Reply};
+use crate::invites::{InviteEntry, Invites};
+use crate::net::{Allowlist, NetCommand, NetEvent};
+use crate::queue::{Command, Link, MeshCommand, QueueActor, QueueHandle, Reply};
 use crate::store;
-
-/// What the network and the API ask of the actor about the mesh.
-#[derive(Debug)]
-pub(crate) enum MeshCommand {
-    SyncOpened {
-        peer: NodeId,
-        link: u64,
-        sender: mpsc::Sender<Vec<u8>>,
-        reply: oneshot::Sender<bool>,
-    },
-    SyncFrame {
-        peer: NodeId,
-        link: u64,
-        bytes: Vec<u8>,
-    },
-    SyncBadFrame {
-        peer: NodeId,
-        link: u64,
-        reason: String,
-    },
-    SyncClosed {
-        peer: NodeId,
-        link: u64,
-    },
-    /// Local changes became durable: offer them to every connected peer.
-    Push,
-    Invite {
-        ttl_ms: Option<u64>,
-        reply: Reply<InviteView>,
-    },
-    Admit {
-        peer: NodeId,
-        request: JoinRequest,
-        reply: oneshot::Sender<Result<Vec<u8>, JoinRefusal>>,
-    },
-    Join {
-        token: String,
-        reply: Reply<JoinedView>,
-    },
-    Adopt {
-        token: InviteToken,
-        document: Vec<u8>,
-        reply: Reply<JoinedView>,
-    },
-    Remove {
-        node: NodeId,
-        reply: Reply<Vec<MemberView>>,
-    },
-    InboxRead {
-        agent: AgentName,
-        unread: bool,
-        reply: Reply<Vec<MessageView>>,
-    },
-}
 
 impl QueueHandle {
     async fn mesh(&self, command: MeshCommand) -> bool {
         self.commands.send(Command::Mesh(Box::new(command))).await.is_ok()
     }
 
-    /// A sync link to `peer` opened; false when the actor refuses it (not a member).
-    pub(crate) async fn sync_opened(&self, peer: NodeId, link: u64, sender: mpsc::Sender<Vec<u8>>) -> bool {
-        let (reply, answer) = oneshot::channel();
-        self.mesh(MeshCommand::SyncOpened { peer, link, sender, reply }).await && answer.await.unwrap_or(false)
-    }
-
-    pub(crate) async fn sync_frame(&self, peer: NodeId, link: u64, bytes: Vec<u8>) {
-        self.mesh(MeshCommand::SyncFrame { peer, link, bytes }).await;
-    }
-
-    pub(crate) async fn sync_bad_frame(&self, peer: NodeId, link: u64, reason: String) {
-        self.mesh(MeshCommand::SyncBadFrame { peer, link, reason }).await;
-    }
-
-    pub(crate) async fn sync_closed(&self, peer: NodeId, link: u64) {
-        self.mesh(MeshCommand::SyncClosed { peer, link }).await;
-    }
-
     pub(crate) async fn invite(&self, ttl_ms: Option<u64>) -> Result<InviteView, ErrorBody> {
         self.ask(|reply| MeshCommand::Invite { ttl_ms, reply }).await
-    }
-
-    /// The inviter's side of a join: a member now, and the document; or why not.
-    pub(crate) async fn admit(&self, peer: NodeId, request: JoinRequest) -> Result<Vec<u8>, JoinRefusal> {
-        let (reply, answer) = oneshot::channel();
-        let stopping =
-            || JoinRefusal { code: ErrorCode::NodeUnavailable, message: "the inviter is stopping".to_owned() };
-        if !self.mesh(MeshCommand::Admit { peer, request, reply }).await {
-            return Err(stopping());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 
     pub(crate) async fn join(&self, token: String) -> Result<JoinedView, ErrorBody> {
@@ -144,73 +61,6 @@ impl QueueHandle {
             return Err(crate::queue::unavailable());
         }
         answer.await.unwrap_or_else(|_| Err(crate::queue::unavailable()))
-    }
-}
-
-/// One open sync link: its id (a newer link to the same peer replaces it) and its frames.
-#[derive(Debug)]
-pub(crate) struct Link {
-    id: u64,
-    sender: mpsc::Sender<Vec<u8>>,
-    /// When a frame went out that the peer has not answered yet: the time to its next frame
-    /// is a round trip through both nodes' queues, which the claim settle time must cover.
-    awaiting_since: Option<std::time::Instant>,
-}
-
-/// The invites this node issued: `HOME/invites.json`. Only a hash of each secret is kept.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Invites {
-    entries: Vec<InviteEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct InviteEntry {
-    /// Hex of [`secret_hash`].
-    secret_hash: String,
-    created_ms: u64,
-    expires_ms: u64,
-    /// The node that used it; an invite admits one node, once.
-    used_by: Option<String>,
-}
-
-impl Invites {
-    pub(crate) fn path(home: &std::path::Path) -> PathBuf {
-        home.join("invites.json")
-    }
-
-    /// Reads the invites; a damaged file is kept aside and no invite is honoured.
-    pub(crate) fn load(path: &std::path::Path) -> Invites {
-        let Ok(bytes) = std::fs::read(path) else { return Invites::default() };
-        serde_json::from_slice(&bytes).unwrap_or_else(|error| {
-            warn!(path = %path.display(), %error, "the invites file is damaged; no open invite is honoured");
-            let _ = std::fs::rename(path, path.with_extension("json.damaged"));
-            Invites::default()
-        })
-    }
-
-    fn save(&self, path: &std::path::Path) -> Result<(), ErrorBody> {
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::home::write_atomically(path, &bytes)
-            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot save the invites: {error:#}")))
-    }
-
-    /// Until when strangers may connect to present an invite. A used invite counts until it
-    /// expires too, so that a second node presenting it hears "already used", not silence.
-    pub(crate) fn open_until_ms(&self, now_ms: u64) -> u64 {
-        self.entries.iter().filter(|entry| entry.expires_ms > now_ms).map(|entry| entry.expires_ms).max().unwrap_or(0)
-    }
-
-    fn add(&mut self, entry: InviteEntry, now_ms: u64) {
-        self.entries.push(entry);
-        while self.entries.len() > INVITES_KEPT_MAX {
-            // Forget a closed invite first (used or expired), else the oldest.
-            let index = self
-                .entries
-                .iter()
-                .position(|entry| entry.used_by.is_some() || entry.expires_ms <= now_ms)
-                .unwrap_or(0);
-            self.entries.remove(index);
-        }
     }
 }
 
@@ -251,31 +101,41 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> JoinRefusal {
 }
 
 impl QueueActor {
-    pub(super) async fn on_mesh(&mut self, command: MeshCommand) {
-        match command {
-            MeshCommand::SyncOpened { peer, link, sender, reply } => {
+    /// What the network heard: links opening, frames, links closing, joiners.
+    pub(crate) async fn on_net(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::SyncOpened { peer, link, sender, reply } => {
                 let accepted = self.sync_opened(peer, link, sender).await;
                 let _ = reply.send(accepted);
             }
-            MeshCommand::SyncFrame { peer, link, bytes } => {
+            NetEvent::SyncFrame { peer, link, bytes } => {
                 let Some(open) = self.links.get_mut(&peer).filter(|open| open.id == link) else { return };
                 if let Some(since) = open.awaiting_since.take() {
                     self.net.facts().note_round_trip(peer, since.elapsed().as_secs_f64() * 1000.0);
                 }
                 self.sync(SyncInput::Frame { peer, bytes }).await;
             }
-            MeshCommand::SyncBadFrame { peer, link, reason } => {
+            NetEvent::SyncBadFrame { peer, link, reason } => {
                 if self.links.get(&peer).is_some_and(|open| open.id == link) {
                     *self.engine.bad_frames.entry(peer).or_default() += 1;
                     self.close_link(peer, &format!("bad frame: {reason}"));
                 }
             }
-            MeshCommand::SyncClosed { peer, link } => {
+            NetEvent::SyncClosed { peer, link } => {
                 if self.links.get(&peer).is_some_and(|open| open.id == link) {
                     self.links.remove(&peer);
                     self.sync(SyncInput::Disconnected { peer }).await;
                 }
             }
+            NetEvent::Admit { peer, request, reply } => {
+                let answer = self.admit(peer, request).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    pub(super) async fn on_mesh(&mut self, command: MeshCommand) {
+        match command {
             MeshCommand::Push => {
                 self.push_queued.store(false, Ordering::Release);
                 if !self.links.is_empty() {
@@ -284,10 +144,6 @@ impl QueueActor {
             }
             MeshCommand::Invite { ttl_ms, reply } => {
                 let _ = reply.send(self.invite(ttl_ms));
-            }
-            MeshCommand::Admit { peer, request, reply } => {
-                let answer = self.admit(peer, request).await;
-                let _ = reply.send(answer);
             }
             MeshCommand::Join { token, reply } => self.join(token, reply),
             MeshCommand::Adopt { token, document, reply } => {
@@ -343,7 +199,7 @@ impl QueueActor {
                 }
                 SyncOutput::Close { peer, reason } => self.close_link(peer, &reason),
                 SyncOutput::Persist { changes } => self.persist_received(changes).await,
-                SyncOutput::PersistPeerState { peer, state } => self.save_sync_state(&peer, &state),
+                SyncOutput::PersistPeerState { peer, state } => self.save_sync_state(&peer, &state).await,
                 SyncOutput::Changed(touched) => self.after_merge(&touched).await,
             }
         }
@@ -356,16 +212,10 @@ impl QueueActor {
         self.net.send(NetCommand::Disconnect(peer));
     }
 
-    fn save_sync_state(&self, peer: &NodeId, state: &[u8]) {
-        let path = self.sync_state_path(peer);
-        let saved = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| crate::home::write_atomically(&path, state));
-        if let Err(error) = saved {
-            warn!(%peer, error = %format!("{error:#}"), "could not save the sync state (the next sync starts afresh)");
-        }
+    /// Hands the peer's sync state to the store's thread; a write that fails is logged there
+    /// and costs only a fresh sync next time.
+    async fn save_sync_state(&self, peer: &NodeId, state: &[u8]) {
+        let _durable = self.store.replace_file(self.sync_state_path(peer), state.to_vec()).await;
     }
 
     /// Changes from a peer: queued to the log now, in the order received (before any later
@@ -388,6 +238,9 @@ impl QueueActor {
             self.send_allowlist();
         }
         self.fulfil_duties(touched).await;
+        if !self.quorum_waiting.is_empty() {
+            self.recheck_quorum_waiting().await;
+        }
     }
 
     /// Signs this node's votes on pending quorum claims of the touched tasks and writes the
@@ -412,7 +265,10 @@ impl QueueActor {
         for notice in &duties.notices {
             info!(to = %notice.to, subject = %notice.message.subject, "told an agent its claim lost");
         }
-        self.write_and_push(duties.changes.into_iter().map(Frame::Changes).collect()).await;
+        // Nobody waits for a duty: the actor goes on at once, and the changes are offered to
+        // peers once durable (a failed write makes the next write a whole snapshot).
+        let (durable, _nobody_waits) = oneshot::channel();
+        self.write_then_answer(duties.changes.into_iter().map(Frame::Changes).collect(), Ok(()), durable).await;
     }
 
     /// The members' peer ids and whether invites are open, for the network's gate.
@@ -768,14 +624,14 @@ mod tests {
 
     use super::*;
     use crate::home::Home;
-    use crate::net::NetHandle;
+    use crate::net::{NetEvents, NetHandle};
     use crate::queue::{ExportFormat, Query};
     use crate::{init, queue_actor, recover};
 
     /// A node whose mesh has `peer` as a member, running its queue actor.
     async fn node_with_member(
         peer: NodeId,
-    ) -> (tempfile::TempDir, QueueHandle, mpsc::UnboundedReceiver<NetCommand>, NetHandle) {
+    ) -> (tempfile::TempDir, QueueHandle, NetEvents, mpsc::UnboundedReceiver<NetCommand>, NetHandle) {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), Some("receiver")).unwrap();
         let home = Home::new(dir.path().to_path_buf());
@@ -788,8 +644,9 @@ mod tests {
         recovery.store.write(vec![Frame::Changes(changes)]).await.unwrap();
         let (net, commands) = NetHandle::new(false);
         let events = crate::events::EventBus::new(recovery.boot);
-        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone(), events).spawn();
-        (dir, queue, commands, net)
+        let (heard, heard_in) = NetEvents::new();
+        let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone(), events).spawn(heard_in);
+        (dir, queue, heard, commands, net)
     }
 
     async fn export(queue: &QueueHandle) -> serde_json::Value {
@@ -804,9 +661,9 @@ mod tests {
     }
 
     /// Sends `bytes` on a fresh sync link and returns once the node has cut the link off.
-    async fn send_and_expect_cut_off(queue: &QueueHandle, peer: NodeId, link: u64, bytes: Vec<u8>) {
+    async fn send_and_expect_cut_off(heard: &NetEvents, peer: NodeId, link: u64, bytes: Vec<u8>) {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(crate::net::link::run_sync_link(peer, link, theirs.compat(), queue.clone()));
+        tokio::spawn(crate::net::link::run_sync_link(peer, link, theirs.compat(), heard.clone()));
         let (mut reader, mut writer) = ours.compat().split();
         writer.write_all(&bytes).await.unwrap();
         writer.flush().await.unwrap();
@@ -821,16 +678,16 @@ mod tests {
     #[tokio::test]
     async fn oversize_and_garbage_frames_cut_the_sender_off_and_change_nothing() {
         let peer = NodeKey::from_seed([7; 32]).node_id();
-        let (_home, queue, mut net, _) = node_with_member(peer).await;
+        let (_home, queue, heard, mut net, _) = node_with_member(peer).await;
         let before = export(&queue).await;
 
         let mut garbage = 3u32.to_be_bytes().to_vec();
         garbage.extend([1, 0, 0xff]);
-        send_and_expect_cut_off(&queue, peer, 1, garbage).await;
+        send_and_expect_cut_off(&heard, peer, 1, garbage).await;
         assert_eq!(bad_frames_of(&queue, &peer).await, 1, "the garbage frame is counted");
 
         let oversize = u32::try_from(FRAME_BYTES_MAX + 1).unwrap().to_be_bytes().to_vec();
-        send_and_expect_cut_off(&queue, peer, 2, oversize).await;
+        send_and_expect_cut_off(&heard, peer, 2, oversize).await;
         assert_eq!(bad_frames_of(&queue, &peer).await, 2, "the oversize frame is counted");
 
         assert_eq!(export(&queue).await, before, "the receiver's document is unchanged");
@@ -848,11 +705,11 @@ mod tests {
     async fn a_sync_link_from_a_non_member_is_refused() {
         let member = NodeKey::from_seed([7; 32]).node_id();
         let stranger = NodeKey::from_seed([8; 32]).node_id();
-        let (_home, queue, _net, _) = node_with_member(member).await;
+        let (_home, _queue, heard, _net, _) = node_with_member(member).await;
         let (sender, _frames) = mpsc::channel(1);
-        assert!(!queue.sync_opened(stranger, 1, sender).await);
+        assert!(!heard.sync_opened(stranger, 1, sender).await);
         let (sender, _frames) = mpsc::channel(1);
-        assert!(queue.sync_opened(member, 2, sender).await);
+        assert!(heard.sync_opened(member, 2, sender).await);
     }
 
     /// A node on loopback TCP that admits `member`, its network running: its home, key and
@@ -860,7 +717,7 @@ mod tests {
     async fn listening_node_with_member(
         member: NodeId,
     ) -> (tempfile::TempDir, NodeKey, NetHandle, tokio_util::sync::CancellationToken, libp2p::Multiaddr) {
-        let (home, queue, commands, net) = node_with_member(member).await;
+        let (home, queue, heard, commands, net) = node_with_member(member).await;
         let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
         let config = crate::net::NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -873,9 +730,15 @@ mod tests {
             invites_open_until_ms: 0,
         };
         let network =
-            crate::net::Network::new(&key, &config, queue, net.clone(), allow, crate::events::EventBus::new(1))
+            crate::net::Network::new(&key, &config, heard, net.clone(), allow, crate::events::EventBus::new(1))
                 .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
+        // The actor runs while a handle on it lives: keep one until the node is stopped.
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            drop(queue);
+        });
         tokio::spawn(network.run(commands, stop.clone()));
         let mut listen = None;
         for _ in 0..200 {

@@ -12,12 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use meshwork_crdt::events::EventDigest;
 use meshwork_crdt::inbox::Notice;
-use meshwork_crdt::{Applied, OpError, Replica, Speaker, Touched};
+use meshwork_crdt::{Applied, OpError, Replica, Speaker, TaskEntry, Touched};
+use meshwork_protocol::NodeId;
 use meshwork_protocol::api::{
-    AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
+    AddTask, ClaimTask, EditTask, HandoffRequest, LiveTaskView, MemberView, NodeStatus, StorageView, TaskStatus,
 };
+use meshwork_protocol::api::{InviteView, JoinedView, MessageView};
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::event::Event;
+use meshwork_protocol::invite::InviteToken;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
@@ -26,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::events::EventBus;
+use crate::net::NetEvent;
 use crate::store::StoreHandle;
 
 /// Requests waiting for the actor.
@@ -38,7 +42,7 @@ const COMPACT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 const COMPACT_ON_STOP_LOG_BYTES: u64 = 1024 * 1024;
 
 /// A mutation's answer: the task as it now stands, or a contract error.
-pub(crate) type Answer = Result<TaskView, ErrorBody>;
+pub(crate) type Answer = Result<LiveTaskView, ErrorBody>;
 
 /// Where the actor sends one typed answer.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
@@ -62,9 +66,17 @@ pub(crate) enum Mutation {
 /// Every question about the queue, each with where its typed answer goes.
 #[derive(Debug)]
 pub(crate) enum Query {
-    Task(TaskId, Reply<TaskView>),
-    List(Vec<TaskStatus>, Reply<Vec<TaskView>>),
-    Ready { all: bool, reply: Reply<Vec<TaskView>> },
+    Task(TaskId, Reply<LiveTaskView>),
+    /// The tasks of these statuses (all: none named); with `stale`, only stale ones.
+    List {
+        statuses: Vec<TaskStatus>,
+        stale: bool,
+        reply: Reply<Vec<LiveTaskView>>,
+    },
+    Ready {
+        all: bool,
+        reply: Reply<Vec<LiveTaskView>>,
+    },
     Export(ExportFormat, Reply<Vec<u8>>),
     Members(Reply<Vec<MemberView>>),
     Caps(Reply<Probe>),
@@ -97,13 +109,13 @@ pub(super) enum Command {
     Stop {
         reply: oneshot::Sender<()>,
     },
-    Mesh(Box<crate::mesh::MeshCommand>),
+    Mesh(Box<MeshCommand>),
     /// A claim's settle time passed: check it still wins, then answer.
     Settled(Box<SettledClaim>),
 }
 
 /// A claim waiting out its settle time.
-pub(super) struct SettledClaim {
+pub(crate) struct SettledClaim {
     agent: AgentName,
     task: TaskId,
     request_key: Option<String>,
@@ -116,8 +128,44 @@ pub(super) struct SettledClaim {
     kept: bool,
 }
 
-/// How often a quorum claim looks whether its majority arrived.
-const QUORUM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// What the network and the API ask of the actor about the mesh.
+#[derive(Debug)]
+pub(crate) enum MeshCommand {
+    /// Local changes became durable: offer them to every connected peer.
+    Push,
+    Invite {
+        ttl_ms: Option<u64>,
+        reply: Reply<InviteView>,
+    },
+    Join {
+        token: String,
+        reply: Reply<JoinedView>,
+    },
+    Adopt {
+        token: InviteToken,
+        document: Vec<u8>,
+        reply: Reply<JoinedView>,
+    },
+    Remove {
+        node: NodeId,
+        reply: Reply<Vec<MemberView>>,
+    },
+    InboxRead {
+        agent: AgentName,
+        unread: bool,
+        reply: Reply<Vec<MessageView>>,
+    },
+}
+
+/// One open sync link: its id (a newer link to the same peer replaces it) and its frames.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    pub(crate) sender: mpsc::Sender<Vec<u8>>,
+    /// When a frame went out that the peer has not answered yet: the time to its next frame
+    /// is a round trip through both nodes' queues, which the claim settle time must cover.
+    pub(crate) awaiting_since: Option<std::time::Instant>,
+}
 
 /// A cloneable handle on the queue actor.
 #[derive(Debug, Clone)]
@@ -216,6 +264,9 @@ pub(crate) struct QueueActor {
     pub(crate) replica: Replica,
     /// What the last published events were derived from.
     pub(crate) digest: EventDigest,
+    /// Quorum claims waiting for their majority: looked at again after every merge and at
+    /// their deadline.
+    pub(crate) quorum_waiting: Vec<SettledClaim>,
     pub(crate) events: EventBus,
     pub(crate) key: Arc<NodeKey>,
     pub(crate) store: StoreHandle,
@@ -232,9 +283,9 @@ pub(crate) struct QueueActor {
     /// The sync engine: one session per connected member.
     pub(crate) engine: meshwork_crdt::sync::SyncEngine,
     /// The open sync link per peer.
-    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, crate::mesh::Link>,
+    pub(crate) links: BTreeMap<meshwork_protocol::NodeId, Link>,
     pub(crate) net: crate::net::NetHandle,
-    pub(crate) invites: crate::mesh::Invites,
+    pub(crate) invites: crate::invites::Invites,
     /// Set while a push is queued, so a burst of durable writes makes one push, not one each.
     pub(crate) push_queued: Arc<AtomicBool>,
     /// The actor's own command channel, for work that comes back to it (pushes, settles).
@@ -249,22 +300,33 @@ impl std::fmt::Debug for QueueActor {
 
 impl QueueActor {
     /// Starts the actor on the current tokio runtime.
-    pub(crate) fn spawn(mut self) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+    /// Starts the actor on the current tokio runtime; it also takes what the network hears.
+    pub(crate) fn spawn(mut self, heard: mpsc::Receiver<NetEvent>) -> (QueueHandle, tokio::task::JoinHandle<()>) {
         let (commands, receiver) = mpsc::channel(QUEUE_COMMANDS_MAX);
         self.commands = commands.downgrade();
-        let task = tokio::spawn(self.run(receiver));
+        let span = tracing::info_span!("queue", node = %self.replica.node());
+        let task = tokio::spawn(tracing::Instrument::instrument(self.run(receiver, heard), span));
         (QueueHandle { commands }, task)
     }
 
-    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Command>, mut heard: mpsc::Receiver<NetEvent>) {
         loop {
             // Lease events come from the clock: wake when the next one is due.
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
+            let quorum_deadline = self.quorum_waiting.iter().filter_map(|settled| settled.quorum_deadline).min();
             let command = tokio::select! {
                 command = receiver.recv() => command,
+                Some(event) = heard.recv() => {
+                    self.on_net(event).await;
+                    continue;
+                }
                 () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
-                    self.publish_lease_events();
+                    self.publish_lease_events().await;
+                    continue;
+                }
+                () = tokio::time::sleep_until(quorum_deadline.unwrap_or_else(tokio::time::Instant::now)), if quorum_deadline.is_some() => {
+                    self.recheck_quorum_waiting().await;
                     continue;
                 }
             };
@@ -409,12 +471,8 @@ impl QueueActor {
         });
         if let (Some(tally), Some(deadline)) = (tally, settled.quorum_deadline) {
             if tokio::time::Instant::now() < deadline {
-                if let Some(commands) = self.commands.upgrade() {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(QUORUM_POLL).await;
-                        let _ = commands.send(Command::Settled(Box::new(settled))).await;
-                    });
-                }
+                // Votes arrive by merges: the next merge, or the deadline, looks again.
+                self.quorum_waiting.push(settled);
                 return;
             }
             let pending: Answer = Err(ErrorBody::new(
@@ -446,6 +504,14 @@ impl QueueActor {
         self.answer_settled(settled, lost).await;
     }
 
+    /// Looks again at every quorum claim waiting for its majority: answered once it counts,
+    /// lost, or past its deadline; still waiting otherwise.
+    pub(crate) async fn recheck_quorum_waiting(&mut self) {
+        for settled in std::mem::take(&mut self.quorum_waiting) {
+            self.settled(settled).await;
+        }
+    }
+
     /// Answers a settled claim, keeping the answer for its request id (which was not kept
     /// when the claim was written, or which this answer replaces).
     async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer) {
@@ -461,7 +527,7 @@ impl QueueActor {
     }
 
     /// Hands frames to the store and answers once they are durable.
-    async fn write_then_answer<T: Send + 'static>(
+    pub(crate) async fn write_then_answer<T: Send + 'static>(
         &mut self,
         frames: Vec<Frame>,
         answer: Result<T, ErrorBody>,
@@ -483,7 +549,7 @@ impl QueueActor {
             let answer = match durable.await {
                 Ok(Ok(())) => {
                     if let Some(commands) = push.filter(|_| !push_queued.swap(true, Ordering::AcqRel)) {
-                        let _ = commands.send(Command::Mesh(Box::new(crate::mesh::MeshCommand::Push))).await;
+                        let _ = commands.send(Command::Mesh(Box::new(MeshCommand::Push))).await;
                     }
                     answer
                 }
@@ -516,7 +582,7 @@ impl QueueActor {
         match done.await {
             Ok(Ok(())) => {
                 self.needs_snapshot = false;
-                self.write_start_caches();
+                self.write_start_caches().await;
                 true
             }
             Ok(Err(error)) => {
@@ -532,21 +598,19 @@ impl QueueActor {
     /// signature checks, and the derived state with the document's heads, so a next start
     /// that loads the same document skips deriving it. Caches: failing to write one costs the
     /// next start time, nothing else. Both caches live in the home, beside each other.
-    fn write_start_caches(&self) {
+    ///
+    /// The store's thread writes them (in order after the snapshot), so the actor never waits
+    /// for their fsyncs; a failed write is logged there.
+    async fn write_start_caches(&self) {
         let bytes = meshwork_protocol::verified_cache::encode_verified_cache(self.replica.verified_records());
-        if let Err(error) = crate::home::write_atomically(&self.verified_cache, &bytes) {
-            warn!(error = %format!("{error:#}"), "could not write the verified-records cache");
-        }
-        let Some(home) = self.verified_cache.parent() else { return };
-        let path = crate::home::Home::new(home.to_path_buf()).derived_cache_path();
+        let _durable = self.store.replace_file(self.verified_cache.clone(), bytes).await;
         // The replica refreshes its derived state with every change it makes or takes in, so
         // the state written is that of the document's heads now, which the cache names.
-        let written = match self.replica.encode_derived_cache() {
-            Ok(bytes) => crate::home::write_atomically(&path, &bytes),
-            Err(error) => Err(anyhow::Error::new(error)),
-        };
-        if let Err(error) = written {
-            warn!(error = %format!("{error:#}"), "could not write the derived-state cache");
+        match self.replica.encode_derived_cache() {
+            Ok(bytes) => {
+                let _durable = self.store.replace_file(self.home.derived_cache_path(), bytes).await;
+            }
+            Err(error) => warn!(%error, "could not encode the derived-state cache"),
         }
     }
 
@@ -599,17 +663,46 @@ impl QueueActor {
         }
     }
 
-    fn publish_lease_events(&mut self) {
-        let events = self.digest.lease_events(now_ms());
+    /// The lease timer fired: publish the lease events due, and when a lease of this node's
+    /// agents ran out, write each holder's one `expired-` notice (without waiting for it).
+    async fn publish_lease_events(&mut self) {
+        let now = now_ms();
+        let events = self.digest.lease_events(now);
+        let node = self.replica.node().to_string();
+        let own_expired =
+            events.iter().any(|event| matches!(event, Event::LeaseExpired { node_id, .. } if *node_id == node));
         if !events.is_empty() {
             self.events.publish(events);
         }
+        if !own_expired {
+            return;
+        }
+        let key = Arc::clone(&self.key);
+        let duties = self.replica.fulfil_expiry_duties(&key, now);
+        for error in &duties.errors {
+            warn!(%error, "a notice of an expired lease was not written");
+        }
+        if duties.changes.is_empty() {
+            return;
+        }
+        let touched = Touched {
+            tasks: duties
+                .notices
+                .iter()
+                .filter_map(|notice| notice.message.task.as_deref())
+                .filter_map(|task| TaskId::new(task).ok())
+                .collect(),
+            ..Touched::default()
+        };
+        self.publish_events(&touched, &duties.notices);
+        let (durable, _nobody_waits) = oneshot::channel();
+        self.write_then_answer(duties.changes.into_iter().map(Frame::Changes).collect(), Ok(()), durable).await;
     }
 
     /// The task as the replica now derives it.
     fn task_answer(&self, id: &TaskId) -> Answer {
         let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
-        Ok(self.replica.task_view(entry))
+        Ok(self.replica.live_task_view(entry, now_ms()))
     }
 
     /// Answers a question from the replica as it is; never waits.
@@ -619,21 +712,25 @@ impl QueueActor {
             Query::Task(id, reply) => {
                 let _ = reply.send(self.task_answer(&id));
             }
-            Query::List(statuses, reply) => {
-                let views = replica
-                    .tasks()
-                    .values()
+            Query::List { statuses, stale, reply } => {
+                let now = now_ms();
+                let tasks: Vec<&TaskEntry> =
+                    if stale { replica.stale_tasks(now) } else { replica.tasks().values().collect() };
+                let views = tasks
+                    .into_iter()
                     .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
-                    .map(|entry| replica.task_view(entry))
+                    .map(|entry| replica.live_task_view(entry, now))
                     .collect();
                 let _ = reply.send(Ok(views));
             }
             Query::Ready { all, reply } => {
+                // Open ready tasks and stale ones (a takeover), in claim order.
+                let now = now_ms();
                 let views = replica
-                    .ready_tasks()
+                    .ready_tasks_at(now)
                     .into_iter()
                     .filter(|entry| all || replica.unmet_here(entry).is_empty())
-                    .map(|entry| replica.task_view(entry))
+                    .map(|entry| replica.live_task_view(entry, now))
                     .collect();
                 let _ = reply.send(Ok(views));
             }
@@ -661,16 +758,7 @@ impl QueueActor {
     }
 
     pub(super) fn member_views(&self) -> Vec<MemberView> {
-        self.replica
-            .members()
-            .current()
-            .map(|member| MemberView {
-                node_id: member.node.to_string(),
-                name: member.name.clone(),
-                added_by: member.added_by.to_string(),
-                added_at: format_rfc3339_ms(member.added_at.wall_ms),
-            })
-            .collect()
+        self.replica.member_views()
     }
 
     fn status(&self) -> NodeStatus {
@@ -738,7 +826,7 @@ impl QueueActor {
         if self.store.counters().log_bytes > COMPACT_ON_STOP_LOG_BYTES || self.needs_snapshot {
             self.write_snapshot().await;
         } else {
-            self.write_start_caches();
+            self.write_start_caches().await;
         }
         if let Err(error) = self.store.shutdown().await {
             warn!(%error, "the store did not stop cleanly");
@@ -760,7 +848,7 @@ pub(crate) fn no_task(id: &TaskId) -> ErrorBody {
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum KeptAnswer {
-    Ok(Box<TaskView>),
+    Ok(Box<LiveTaskView>),
     Error(ErrorBody),
 }
 

@@ -19,7 +19,9 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use meshwork_protocol::ErrorCode;
 use meshwork_protocol::TaskId;
-use meshwork_protocol::api::{AddTask, ClaimTask, InviteRequest, JoinMesh, NodeStatus, TaskNote, TaskStatus, TaskView};
+use meshwork_protocol::api::{
+    AddTask, ClaimTask, InviteRequest, JoinMesh, LiveTaskView, NodeStatus, TaskNote, TaskStatus,
+};
 use meshwork_protocol::route::{self, Empty, ListTasks};
 
 use meshwork_client::Client;
@@ -165,7 +167,7 @@ async fn add_tasks(home: &Path, client_index: usize, count: usize, finish: bool)
         let added = client.call::<route::TaskAdd>(&(), &request).await?;
         latencies.push(started.elapsed());
         if finish {
-            let id = added.id;
+            let id = added.task.id;
             let claim = ClaimTask { task: Some(id.as_str().to_owned()), ..ClaimTask::default() };
             client.call::<route::Claim>(&(), &claim).await?;
             let working = TaskNote { text: "working".to_owned(), percent: None };
@@ -408,7 +410,7 @@ impl Mesh {
         for index in 0..count {
             let request = AddTask { title: format!("{label} {index}"), ..AddTask::default() };
             let task = hub.call::<route::TaskAdd>(&(), &request).await?;
-            ids.push(task.id.as_str().to_owned());
+            ids.push(task.task.id.as_str().to_owned());
         }
         let deadline = Instant::now() + MESH_TIMEOUT;
         for (index, node) in self.nodes.iter().enumerate() {
@@ -536,7 +538,7 @@ async fn visible_everywhere(clients: &mut [&mut Client], path: &TaskId) -> anyho
             .filter(|(_, (_, seen))| seen.is_none())
             .map(|(index, (client, _))| async move {
                 let task = client.call::<route::TaskShow>(path, &Empty {}).await?;
-                anyhow::Ok((index, (task.status == TaskStatus::Claimed).then(Instant::now)))
+                anyhow::Ok((index, (task.task.status == TaskStatus::Claimed).then(Instant::now)))
             })
             .collect();
         for answer in join_all(polls).await {
@@ -649,7 +651,10 @@ impl StormWorker {
             let request = ClaimTask { task: Some(id.clone()), ..ClaimTask::default() };
             let acknowledged = match client.call::<route::Claim>(&(), &request).await {
                 Ok(view) => Some(
-                    view.holder.with_context(|| format!("the claim of {id} was answered without a holder"))?.claim_id,
+                    view.task
+                        .holder
+                        .with_context(|| format!("the claim of {id} was answered without a holder"))?
+                        .claim_id,
                 ),
                 Err(error) if matches!(error.code, ErrorCode::Conflict | ErrorCode::InvalidTransition) => None,
                 Err(error) => return Err(error).with_context(|| format!("the claim of {id} failed")),
@@ -687,9 +692,11 @@ async fn agreed_holders(mesh: &Mesh, ids: &[String]) -> anyhow::Result<(Instant,
 }
 
 /// The holder's claim id of each task of `ids`, in order, as one node shows it.
-fn holders_of(tasks: &[TaskView], ids: &[String]) -> Vec<Option<String>> {
-    let by_id: HashMap<&str, &str> =
-        tasks.iter().filter_map(|task| Some((task.id.as_str(), task.holder.as_ref()?.claim_id.as_str()))).collect();
+fn holders_of(tasks: &[LiveTaskView], ids: &[String]) -> Vec<Option<String>> {
+    let by_id: HashMap<&str, &str> = tasks
+        .iter()
+        .filter_map(|live| Some((live.task.id.as_str(), live.task.holder.as_ref()?.claim_id.as_str())))
+        .collect();
     ids.iter().map(|id| by_id.get(id.as_str()).map(|claim| (*claim).to_owned())).collect()
 }
 
@@ -852,7 +859,7 @@ async fn same_statuses(nodes: &[BenchNode]) -> anyhow::Result<bool> {
         let mut client = Client::connect(&node.home).await?;
         let tasks = client.call::<route::TaskList>(&(), &ListTasks::default()).await?;
         let statuses: BTreeMap<String, TaskStatus> =
-            tasks.into_iter().map(|task| (task.id.as_str().to_owned(), task.status)).collect();
+            tasks.into_iter().map(|live| (live.task.id.as_str().to_owned(), live.task.status)).collect();
         views.push(statuses);
     }
     Ok(views.windows(2).all(|pair| pair[0] == pair[1]))
@@ -864,5 +871,5 @@ fn met_or_not(met: bool) -> &'static str {
 
 /// The `task list` filter of these statuses (`open,claimed`).
 fn statuses(statuses: &str) -> ListTasks {
-    ListTasks { status: Some(statuses.to_owned()) }
+    ListTasks { status: Some(statuses.to_owned()), stale: false }
 }

@@ -15,8 +15,8 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshwork_protocol::TaskId;
 use meshwork_protocol::api::{
-    AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, RemoveMember, TaskNote,
-    TaskStatus, TaskView,
+    AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, LiveTaskView, RemoveMember,
+    TaskNote, TaskStatus,
 };
 use meshwork_protocol::event::EventsQuery;
 use meshwork_protocol::route::{self, Empty, ExportQuery, ListTasks, ReadyQuery, Route};
@@ -264,6 +264,9 @@ pub(crate) enum TaskCommand {
         /// Only tasks in this status (repeat for several)
         #[arg(long = "status", value_name = "STATUS", value_parser = status_parser())]
         statuses: Vec<String>,
+        /// Only stale tasks: claimed, but the holder's lease ran out (`ready` offers them)
+        #[arg(long)]
+        stale: bool,
     },
     /// Change a task; what is not named stays as it is
     #[command(allow_negative_numbers = true)]
@@ -668,7 +671,7 @@ impl Session<'_> {
     }
 
     /// A route answered with one task, shown as `action`'s confirmation.
-    async fn on_task<R: Route<Answer = TaskView>>(
+    async fn on_task<R: Route<Answer = LiveTaskView>>(
         &self,
         path: R::Path,
         request: R::Request,
@@ -816,9 +819,9 @@ async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result
     match command {
         TaskCommand::Add(add) => session.on_task::<route::TaskAdd>((), add.into_request(), TaskAction::Added).await,
         TaskCommand::Show { id } => session.on_task::<route::TaskShow>(task_id(&id)?, Empty {}, TaskAction::Show).await,
-        TaskCommand::List { statuses } => {
+        TaskCommand::List { statuses, stale } => {
             let status = statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>().join(",");
-            let request = ListTasks { status: (!status.is_empty()).then_some(status) };
+            let request = ListTasks { status: (!status.is_empty()).then_some(status), stale };
             session.call::<route::TaskList>((), request, |tasks| output::task_table(tasks)).await
         }
         TaskCommand::Edit(edit) => {

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use meshwork_crdt::export::MemberView;
 use meshwork_protocol::api::{
-    HandoffView, InitView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
+    HandoffView, InitView, LiveTaskView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
 use meshwork_protocol::event::{Event, EventEnvelope};
@@ -74,10 +74,11 @@ pub(crate) enum TaskAction {
 }
 
 /// The human answer to a command that returned a task.
-pub(crate) fn task(action: TaskAction, task: &TaskView) -> String {
+pub(crate) fn task(action: TaskAction, live: &LiveTaskView) -> String {
+    let task = &live.task;
     let id = &task.id;
     let line = match action {
-        TaskAction::Show => return task_block(task),
+        TaskAction::Show => return task_block(live),
         TaskAction::Added if task.blocked_by.is_empty() => format!("added {id}"),
         TaskAction::Added => format!("added {id} (blocked by {})", join(&task.blocked_by)),
         TaskAction::Edited => format!("edited {id}"),
@@ -112,12 +113,16 @@ pub(crate) fn task(action: TaskAction, task: &TaskView) -> String {
 }
 
 /// Everything about one task, for `task show`.
-pub(crate) fn task_block(task: &TaskView) -> String {
+pub(crate) fn task_block(live: &LiveTaskView) -> String {
+    let task = &live.task;
     let mut fields = Fields::default();
     fields.add("status", status_summary(task));
     if let Some(holder) = &task.holder {
         let who = format!("{}@{}", holder.agent, holder.node_name);
         fields.add("holder", format!("{who} since {}, lease until {}", holder.claimed_at, holder.lease_until));
+    }
+    if let Some(stale) = &live.stale {
+        fields.add("stale", format!("the lease ran out at {}; any agent may take the task over", stale.since));
     }
     fields.add("priority", task.priority.to_string());
     fields
@@ -227,17 +232,20 @@ fn handoff_block(handoff: &HandoffView) -> String {
 }
 
 /// `task list` and `ready`: one aligned row per task.
-pub(crate) fn task_table(tasks: &[TaskView]) -> String {
+pub(crate) fn task_table(tasks: &[LiveTaskView]) -> String {
     if tasks.is_empty() {
         return "no tasks\n".to_owned();
     }
     let rows: Vec<Vec<String>> = tasks
         .iter()
-        .map(|task| {
+        .map(|live| {
+            let task = &live.task;
             let holder = task.holder.as_ref().map(|holder| format!("{}@{}", holder.agent, holder.node_name));
+            // A stale task is claimed on record, but offered for takeover.
+            let status = if live.stale.is_some() { "stale" } else { task.status.as_str() };
             vec![
                 task.id.to_string(),
-                task.status.as_str().to_owned(),
+                status.to_owned(),
                 task.priority.to_string(),
                 holder.unwrap_or_else(|| "-".to_owned()),
                 truncate(&task.title, TABLE_TITLE_CHARS_MAX),
@@ -543,7 +551,7 @@ fn gib(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use meshwork_protocol::api::{HolderView, ResultView};
+    use meshwork_protocol::api::{HolderView, ResultView, StaleView};
 
     use super::*;
 
@@ -603,17 +611,36 @@ mod tests {
         task
     }
 
+    /// A task as a node answers it, with no stale holder.
+    fn live(task: TaskView) -> LiveTaskView {
+        LiveTaskView { task, stale: None }
+    }
+
     /// The task table aligns its columns, shows holders as agent@node and cuts long titles.
     #[test]
     fn task_table_aligns_columns_and_truncates_titles() {
         let mut urgent = claimed(sample_task("WRK-12", "Fix the flaky sync test"));
         urgent.priority = -5;
         let long_title = "Port the resolver to the new record format and keep every old document loading";
-        let tasks = [sample_task("WRK-1", "Write docs"), urgent, sample_task("mw-0123456789", long_title)];
+        let stale = StaleView {
+            agent: "claude-1".to_owned(),
+            node_id: NODE_A.to_owned(),
+            node_name: "laptop".to_owned(),
+            claim_id: "c1".to_owned(),
+            since: "2026-11-21T06:35:00.000Z".to_owned(),
+        };
+        let stale_task = LiveTaskView { task: claimed(sample_task("WRK-13", "Abandoned work")), stale: Some(stale) };
+        let tasks = [
+            live(sample_task("WRK-1", "Write docs")),
+            live(urgent),
+            stale_task,
+            live(sample_task("mw-0123456789", long_title)),
+        ];
         expect_test::expect![[r#"
             ID             STATUS   PRI  HOLDER           TITLE
             WRK-1          open     0    -                Write docs
             WRK-12         claimed  -5   claude-1@laptop  Fix the flaky sync test
+            WRK-13         stale    0    claude-1@laptop  Abandoned work
             mw-0123456789  open     0    -                Port the resolver to the new record format and keep every o…
         "#]]
         .assert_eq(&task_table(&tasks));
@@ -682,7 +709,7 @@ mod tests {
                 tests:    cargo test -p meshwork-crdt
                 next:     remove the second clone
         "#]]
-        .assert_eq(&task_block(&task));
+        .assert_eq(&task_block(&live(task)));
     }
 
     /// Mutations confirm in one line that names the task and what changed.
@@ -697,12 +724,12 @@ mod tests {
         let mut failed_once = sample_task("WRK-4", "t");
         failed_once.attempts = 1;
         let lines = [
-            task(TaskAction::Added, &open),
-            task(TaskAction::Added, &blocked),
-            task(TaskAction::Claimed, &claimed(open.clone())),
-            task(TaskAction::Renewed, &claimed(open.clone())),
-            task(TaskAction::Failed, &out_of_attempts),
-            task(TaskAction::Failed, &failed_once),
+            task(TaskAction::Added, &live(open.clone())),
+            task(TaskAction::Added, &live(blocked)),
+            task(TaskAction::Claimed, &live(claimed(open.clone()))),
+            task(TaskAction::Renewed, &live(claimed(open.clone()))),
+            task(TaskAction::Failed, &live(out_of_attempts)),
+            task(TaskAction::Failed, &live(failed_once)),
         ];
         expect_test::expect![[r#"
             added WRK-1

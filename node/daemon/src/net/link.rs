@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::queue::QueueHandle;
+use super::NetEvents;
 
 /// Frames waiting to be written to one peer; a peer that falls this far behind is cut off
 /// (it catches up by sync when it reconnects).
@@ -98,11 +98,11 @@ pub(crate) enum LinkError {
 /// the link, gets each frame, and hands frames to send through the channel it is given;
 /// dropping that channel closes the link.
 #[cfg_attr(not(test), expect(dead_code, reason = "the network stops its links; tests run them to the end"))]
-pub(crate) async fn run_sync_link<S>(peer: NodeId, link: u64, stream: S, queue: QueueHandle)
+pub(crate) async fn run_sync_link<S>(peer: NodeId, link: u64, stream: S, heard: NetEvents)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    run_sync_link_until(peer, link, stream, queue, CancellationToken::new()).await;
+    run_sync_link_until(peer, link, stream, heard, CancellationToken::new()).await;
 }
 
 /// [`run_sync_link`] that also ends when `stop` is cancelled, telling the queue actor the
@@ -111,14 +111,14 @@ pub(crate) async fn run_sync_link_until<S>(
     peer: NodeId,
     link: u64,
     stream: S,
-    queue: QueueHandle,
+    heard: NetEvents,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (reader, mut writer) = stream.split();
     let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(LINK_FRAMES_QUEUED);
-    if !queue.sync_opened(peer, link, sender).await {
+    if !heard.sync_opened(peer, link, sender).await {
         return;
     }
     let write = async {
@@ -135,12 +135,12 @@ pub(crate) async fn run_sync_link_until<S>(
             match frames.next().await {
                 Ok(Some(frame)) => {
                     SYNC_BYTES_RECEIVED.fetch_add(frame_wire_bytes(&frame), Ordering::Relaxed);
-                    queue.sync_frame(peer, link, frame).await;
+                    heard.sync_frame(peer, link, frame).await;
                 }
                 Ok(None) => return,
                 Err(LinkError::Wire(error)) => {
                     // An oversize length: the engine never sees the frame, the link counts it.
-                    queue.sync_bad_frame(peer, link, error.to_string()).await;
+                    heard.sync_bad_frame(peer, link, error.to_string()).await;
                     return;
                 }
                 Err(LinkError::Io(error)) => {
@@ -155,7 +155,7 @@ pub(crate) async fn run_sync_link_until<S>(
         () = read => {}
         () = stop.cancelled() => debug!(%peer, "sync link stopped"),
     }
-    queue.sync_closed(peer, link).await;
+    heard.sync_closed(peer, link).await;
 }
 
 /// Largest peer-exchange answer.
@@ -183,7 +183,7 @@ pub(crate) async fn receive_peers(stream: Stream) -> Option<std::collections::BT
 
 /// The inviter's end of a join: reads the request, asks the actor, answers with the
 /// document or a refusal.
-pub(crate) async fn serve_join(peer: NodeId, stream: Stream, queue: QueueHandle) {
+pub(crate) async fn serve_join(peer: NodeId, stream: Stream, heard: NetEvents) {
     let (reader, mut writer) = stream.split();
     let mut frames = FrameReader::new(reader);
     let request = match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
@@ -193,7 +193,7 @@ pub(crate) async fn serve_join(peer: NodeId, stream: Stream, queue: QueueHandle)
         },
         _ => return,
     };
-    let answer = queue.admit(peer, request).await;
+    let answer = heard.admit(peer, request).await;
     let result = match answer {
         Ok(document) => send_document(&mut writer, &document).await,
         Err(refusal) => write_frame(&mut writer, &Frame::JoinRefused(refusal).encode()).await,

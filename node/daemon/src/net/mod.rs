@@ -26,7 +26,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identi
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::invite::InviteToken;
 use meshwork_protocol::limits::{CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, SETTLE_MS_MAX};
-use meshwork_protocol::wire::JoinRequest;
+use meshwork_protocol::wire::{JoinRefusal, JoinRequest};
 use meshwork_protocol::{ErrorCode, NodeId, NodeKey};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,6 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::events::EventBus;
-use crate::queue::QueueHandle;
 pub(crate) use gate::Allowlist;
 pub(crate) use link::sync_bytes;
 use meshwork_protocol::event::Event;
@@ -59,6 +58,8 @@ const RTT_SAMPLES_KEPT: usize = 64;
 const LINK_GRACE: Duration = Duration::from_secs(2);
 /// A connection with no stream open is closed after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Link and peer-exchange outcomes waiting for the network task; their senders wait when full.
+const LINK_EVENTS_MAX: usize = 256;
 
 /// How the node reaches the network, from `node start`'s flags.
 #[derive(Debug, Clone)]
@@ -137,6 +138,87 @@ pub(crate) enum NetCommand {
     Disconnect(NodeId),
     /// Join a mesh through an invite: reach the inviter and bring back its document.
     Join { token: InviteToken, request: JoinRequest, reply: oneshot::Sender<Result<Vec<u8>, ErrorBody>> },
+}
+
+/// What the network's links hear that the document's owner (the queue actor) must act on.
+/// The network never touches the document: it hands these over a bounded channel.
+#[derive(Debug)]
+pub(crate) enum NetEvent {
+    /// A sync link to a member opened; `reply` says whether the actor takes it.
+    SyncOpened {
+        peer: NodeId,
+        link: u64,
+        sender: mpsc::Sender<Vec<u8>>,
+        reply: oneshot::Sender<bool>,
+    },
+    SyncFrame {
+        peer: NodeId,
+        link: u64,
+        bytes: Vec<u8>,
+    },
+    SyncBadFrame {
+        peer: NodeId,
+        link: u64,
+        reason: String,
+    },
+    SyncClosed {
+        peer: NodeId,
+        link: u64,
+    },
+    /// A joiner presented an invite: the inviter's side answers with the document or why not.
+    Admit {
+        peer: NodeId,
+        request: JoinRequest,
+        reply: oneshot::Sender<Result<Vec<u8>, JoinRefusal>>,
+    },
+}
+
+/// Network events waiting for the queue actor; a link's reader waits when it is full, so a
+/// fast peer slows down rather than fill memory.
+pub(crate) const NET_EVENTS_MAX: usize = 1024;
+
+/// Where the network's links deliver what they hear.
+#[derive(Debug, Clone)]
+pub(crate) struct NetEvents(mpsc::Sender<NetEvent>);
+
+impl NetEvents {
+    pub(crate) fn new() -> (NetEvents, mpsc::Receiver<NetEvent>) {
+        let (sender, receiver) = mpsc::channel(NET_EVENTS_MAX);
+        (NetEvents(sender), receiver)
+    }
+
+    async fn send(&self, event: NetEvent) -> bool {
+        self.0.send(event).await.is_ok()
+    }
+
+    /// A sync link to `peer` opened; false when the actor refuses it (not a member).
+    pub(crate) async fn sync_opened(&self, peer: NodeId, link: u64, sender: mpsc::Sender<Vec<u8>>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.send(NetEvent::SyncOpened { peer, link, sender, reply }).await && answer.await.unwrap_or(false)
+    }
+
+    pub(crate) async fn sync_frame(&self, peer: NodeId, link: u64, bytes: Vec<u8>) {
+        self.send(NetEvent::SyncFrame { peer, link, bytes }).await;
+    }
+
+    pub(crate) async fn sync_bad_frame(&self, peer: NodeId, link: u64, reason: String) {
+        self.send(NetEvent::SyncBadFrame { peer, link, reason }).await;
+    }
+
+    pub(crate) async fn sync_closed(&self, peer: NodeId, link: u64) {
+        self.send(NetEvent::SyncClosed { peer, link }).await;
+    }
+
+    /// The inviter's side of a join: a member now, and the document; or why not.
+    pub(crate) async fn admit(&self, peer: NodeId, request: JoinRequest) -> Result<Vec<u8>, JoinRefusal> {
+        let (reply, answer) = oneshot::channel();
+        let stopping =
+            || JoinRefusal { code: ErrorCode::NodeUnavailable, message: "the inviter is stopping".to_owned() };
+        if !self.send(NetEvent::Admit { peer, request, reply }).await {
+            return Err(stopping());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopping()))
+    }
 }
 
 /// The queue actor's way to the network. With `--offline` the commands go nowhere.
@@ -236,7 +318,8 @@ struct PendingJoin {
 pub(crate) struct Network {
     swarm: Swarm<Behaviour>,
     local: NodeId,
-    queue: QueueHandle,
+    /// Where links deliver what they hear.
+    heard: NetEvents,
     net: NetHandle,
     control: libp2p_stream::Control,
     book: book::AddressBook,
@@ -257,8 +340,9 @@ pub(crate) struct Network {
     /// When the first of the current connections to each peer was established.
     connected_since: HashMap<PeerId, Instant>,
     last_exchange: Instant,
-    link_events: mpsc::UnboundedSender<LinkEvent>,
-    link_events_in: mpsc::UnboundedReceiver<LinkEvent>,
+    /// From the tasks that run links and peer exchanges: bounded, since peers drive them.
+    link_events: mpsc::Sender<LinkEvent>,
+    link_events_in: mpsc::Receiver<LinkEvent>,
     /// Where members' connections coming and going are announced.
     events: EventBus,
 }
@@ -274,7 +358,7 @@ impl Network {
     pub(crate) fn new(
         key: &NodeKey,
         config: &NetConfig,
-        queue: QueueHandle,
+        heard: NetEvents,
         net: NetHandle,
         allow: Allowlist,
         events: EventBus,
@@ -325,11 +409,11 @@ impl Network {
         let control = swarm.behaviour().streams.new_control();
         let book_path = book::book_path(&config.home);
         let book = book::AddressBook::load(&book_path);
-        let (link_events, link_events_in) = mpsc::unbounded_channel();
+        let (link_events, link_events_in) = mpsc::channel(LINK_EVENTS_MAX);
         let mut network = Network {
             swarm,
             local: key.node_id(),
-            queue,
+            heard,
             net,
             control,
             book,
@@ -399,7 +483,7 @@ impl Network {
                 Some((peer, stream)) = incoming_sync.next() => self.accept_sync(peer, stream),
                 Some((peer, stream)) = incoming_join.next() => {
                     match NodeId::from_peer_id(&peer) {
-                        Ok(node) => { tokio::spawn(link::serve_join(node, stream, self.queue.clone())); }
+                        Ok(node) => { tokio::spawn(link::serve_join(node, stream, self.heard.clone())); }
                         Err(_) => debug!(%peer, "a join from a peer id without an ed25519 key"),
                     }
                 }
@@ -662,16 +746,16 @@ impl Network {
         }
         let (link, stop) = self.new_link(peer);
         let mut control = self.control.clone();
-        let (queue, events) = (self.queue.clone(), self.link_events.clone());
+        let (heard, events) = (self.heard.clone(), self.link_events.clone());
         tokio::spawn(async move {
             match control.open_stream(peer, SYNC_PROTOCOL).await {
                 Ok(stream) => {
-                    link::run_sync_link_until(node, link, stream, queue, stop).await;
-                    let _ = events.send(LinkEvent::Ended { peer, link });
+                    link::run_sync_link_until(node, link, stream, heard, stop).await;
+                    let _ = events.send(LinkEvent::Ended { peer, link }).await;
                 }
                 Err(error) => {
                     debug!(%peer, %error, "cannot open the sync link");
-                    let _ = events.send(LinkEvent::OpenFailed { peer, link });
+                    let _ = events.send(LinkEvent::OpenFailed { peer, link }).await;
                 }
             }
         });
@@ -711,10 +795,10 @@ impl Network {
             }
         };
         let (link, stop) = self.new_link(peer);
-        let (queue, events) = (self.queue.clone(), self.link_events.clone());
+        let (heard, events) = (self.heard.clone(), self.link_events.clone());
         tokio::spawn(async move {
-            link::run_sync_link_until(node, link, stream, queue, stop).await;
-            let _ = events.send(LinkEvent::Ended { peer, link });
+            link::run_sync_link_until(node, link, stream, heard, stop).await;
+            let _ = events.send(LinkEvent::Ended { peer, link }).await;
         });
     }
 
@@ -769,7 +853,7 @@ impl Network {
         tokio::spawn(async move {
             let Ok(stream) = control.open_stream(peer, PEERS_PROTOCOL).await else { return };
             if let Some(peers) = link::receive_peers(stream).await {
-                let _ = events.send(LinkEvent::Peers { from: peer, peers });
+                let _ = events.send(LinkEvent::Peers { from: peer, peers }).await;
             }
         });
     }

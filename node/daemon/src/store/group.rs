@@ -35,6 +35,13 @@ enum Command {
         requests: Vec<RequestEntry>,
         reply: Reply,
     },
+    /// Write a file of the home beside the store (a sync state, a start cache, the invites)
+    /// durably, in order with everything queued before.
+    ReplaceFile {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        reply: Reply,
+    },
     /// Answer everything before, then stop.
     Shutdown {
         reply: Reply,
@@ -43,7 +50,10 @@ enum Command {
 
 impl Command {
     fn refuse(self, error: StoreError) {
-        let (Command::Append { reply, .. } | Command::Compact { reply, .. } | Command::Shutdown { reply }) = self;
+        let (Command::Append { reply, .. }
+        | Command::Compact { reply, .. }
+        | Command::ReplaceFile { reply, .. }
+        | Command::Shutdown { reply }) = self;
         let _ = reply.send(Err(error));
     }
 }
@@ -109,6 +119,22 @@ impl StoreHandle {
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Compact { snapshot, requests, reply }).await;
+        answer
+    }
+
+    /// Queues a durable write of a whole file (through a temporary file, fsync and rename),
+    /// after every submission queued before; the receiver resolves once it is durable. The
+    /// actors hand their files here so that no actor waits for an fsync.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it resolves, nothing was queued.
+    pub(crate) async fn replace_file(
+        &self,
+        path: PathBuf,
+        bytes: Vec<u8>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ReplaceFile { path, bytes, reply }).await;
         answer
     }
 
@@ -192,6 +218,14 @@ fn run_batch(writer: &mut StoreWriter, batch: Vec<Command>) -> Option<Reply> {
                 }
                 let _ = reply.send(result);
             }
+            Command::ReplaceFile { path, bytes, reply } => {
+                flush(writer, &mut pending);
+                let result = replace_file(&path, &bytes);
+                if let Err(error) = &result {
+                    tracing::warn!("{error}");
+                }
+                let _ = reply.send(result);
+            }
             Command::Shutdown { reply } => {
                 flush(writer, &mut pending);
                 let closed = StoreError::Closed { path: writer.dir().to_owned() };
@@ -202,6 +236,16 @@ fn run_batch(writer: &mut StoreWriter, batch: Vec<Command>) -> Option<Reply> {
     }
     flush(writer, &mut pending);
     None
+}
+
+/// Writes `path` whole and durably, creating its directory if needed.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|name| name.to_str())) else {
+        return Err(StoreError::write(path, std::io::Error::other("not a file path")));
+    };
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::write(dir, source))?;
+    super::fsio::replace_durably(dir, name, |out| out.write_all(bytes))
 }
 
 /// Appends every pending submission with one fsync and answers each with the outcome.

@@ -421,6 +421,23 @@ async fn compaction_through_the_handle_follows_earlier_submissions() {
     assert_eq!(recovered.requests, vec![entry("1")]);
 }
 
+/// Goal: the actors' files (sync states, start caches) are written by the store's thread,
+/// whole, in a directory created on demand, and a shutdown waits for them. Method: queue two
+/// versions of one file and a shutdown, then read it back.
+#[tokio::test]
+async fn files_handed_to_the_store_are_written_whole_before_it_stops() {
+    let home = tempfile::tempdir().unwrap();
+    let handle = StoreHandle::spawn(open_store(&store_dir(&home)).0).unwrap();
+    let path = home.path().join("sync").join("peer.state");
+    let first = handle.replace_file(path.clone(), b"first".to_vec()).await;
+    let _second = handle.replace_file(path.clone(), b"second".to_vec()).await;
+    first.await.unwrap().unwrap();
+    handle.shutdown().await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file is left: {leftovers:?}");
+}
+
 /// Goal: boot numbers strictly increase and survive in the file. Method: call next_boot
 /// repeatedly on one home and read the file back.
 #[test]
