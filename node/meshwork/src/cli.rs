@@ -183,6 +183,15 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         finish: bool,
     },
+    /// One `meshwork` process per call (ready, task list, task add, claim, done) by queue size
+    Cli {
+        /// Queue sizes, one group of rows each
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000, 20_000])]
+        tasks: Vec<usize>,
+        /// Timed processes per row
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Nodes on loopback: claim propagation, a conflict storm, and an offline node's merge
     Mesh {
         /// Nodes in the mesh for propagation and the conflict storm
@@ -531,6 +540,7 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
             let measured = match command {
                 BenchCommand::Node { ops, clients } => crate::bench::node(ops, &clients),
                 BenchCommand::ColdStart { tasks, starts, finish } => crate::bench::cold_start(tasks, starts, finish),
+                BenchCommand::Cli { tasks, runs } => crate::bench::cli(&tasks, runs),
                 BenchCommand::Mesh { nodes, tasks, ops } => crate::bench::mesh(usize::from(nodes), tasks, ops),
             };
             measured.map_err(|error| error_body(&error))
