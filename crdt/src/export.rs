@@ -3,6 +3,8 @@
 //! The export is a pure function of the records (invariant 1): it shows nothing that
 //! depends on the reading node's clock or identity, so equal records give equal bytes.
 
+use std::collections::BTreeMap;
+
 use meshwork_protocol::api::{
     CheckView, FailureView, HandoffView, HolderView, LostClaimView, ProgressView, ResultView, TaskView,
 };
@@ -17,36 +19,77 @@ fn agent_text(agent: &Option<AgentName>) -> String {
     agent.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-fn by(agent: &Option<AgentName>, node: &NodeId) -> String {
-    match agent {
-        Some(agent) => format!("{agent}@{node}"),
-        None => node.to_string(),
-    }
-}
+/// Node ids as text, each written once per batch of views. A node id's text is the base58 of
+/// its PeerId, about a microsecond each, and a listing of 20,000 tasks names the same few
+/// nodes again and again (docs/BENCHMARKS.md, "CLI calls").
+#[derive(Debug, Default)]
+struct NodeTexts(BTreeMap<NodeId, String>);
 
-fn result_view(noted: &Noted<String>) -> ResultView {
-    ResultView {
-        summary: noted.value.clone(),
-        by: by(&noted.agent, &noted.node),
-        at: format_rfc3339_ms(noted.at.wall_ms),
+impl NodeTexts {
+    fn of(&mut self, node: &NodeId) -> String {
+        self.0.entry(*node).or_insert_with(|| node.to_string()).clone()
     }
-}
 
-fn failure_view(noted: &Noted<String>) -> FailureView {
-    FailureView {
-        reason: noted.value.clone(),
-        by: by(&noted.agent, &noted.node),
-        at: format_rfc3339_ms(noted.at.wall_ms),
+    fn by(&mut self, agent: &Option<AgentName>, node: &NodeId) -> String {
+        match agent {
+            Some(agent) => format!("{agent}@{}", self.of(node)),
+            None => self.of(node),
+        }
+    }
+
+    fn result_view(&mut self, noted: &Noted<String>) -> ResultView {
+        ResultView {
+            summary: noted.value.clone(),
+            by: self.by(&noted.agent, &noted.node),
+            at: format_rfc3339_ms(noted.at.wall_ms),
+        }
+    }
+
+    fn failure_view(&mut self, noted: &Noted<String>) -> FailureView {
+        FailureView {
+            reason: noted.value.clone(),
+            by: self.by(&noted.agent, &noted.node),
+            at: format_rfc3339_ms(noted.at.wall_ms),
+        }
     }
 }
 
 impl Replica {
     /// The contract's task object for one task.
     pub fn task_view(&self, entry: &TaskEntry) -> TaskView {
+        self.task_view_with(entry, &mut NodeTexts::default())
+    }
+
+    /// The task objects of `entries`, in their order: [`Replica::task_view`] of each, with
+    /// every node id written as text once for the whole list.
+    pub fn task_views_of<'a>(&self, entries: impl IntoIterator<Item = &'a TaskEntry>) -> Vec<TaskView> {
+        let mut texts = NodeTexts::default();
+        entries.into_iter().map(|entry| self.task_view_with(entry, &mut texts)).collect()
+    }
+
+    /// The JSON array of the task objects of `entries`, in their order: the bytes of
+    /// `serde_json::to_vec(&self.task_views_of(entries))`, each task written
+    /// ([`TaskView::write_json`]) as soon as its object is built, so a listing of 20,000 tasks
+    /// never holds 20,000 task objects at once.
+    pub fn task_views_json(&self, entries: &[&TaskEntry]) -> Vec<u8> {
+        let mut texts = NodeTexts::default();
+        let mut out = Vec::with_capacity(entries.len().saturating_mul(TASK_JSON_BYTES_TYPICAL) + 2);
+        out.push(b'[');
+        for (index, entry) in entries.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            self.task_view_with(entry, &mut texts).write_json(&mut out);
+        }
+        out.push(b']');
+        out
+    }
+
+    fn task_view_with(&self, entry: &TaskEntry, texts: &mut NodeTexts) -> TaskView {
         let (fields, state) = (&entry.fields, &entry.state);
         let holder = state.holder.as_ref().map(|holder| HolderView {
             agent: agent_text(&holder.agent),
-            node_id: holder.node.to_string(),
+            node_id: texts.of(&holder.node),
             node_name: self.node_name(&holder.node),
             claim_id: holder.claim.to_string(),
             claimed_at: format_rfc3339_ms(holder.claimed_at.wall_ms),
@@ -79,7 +122,7 @@ impl Replica {
                 .map(|note| ProgressView {
                     at: format_rfc3339_ms(note.at.wall_ms),
                     agent: agent_text(&note.agent),
-                    node_id: note.node.to_string(),
+                    node_id: texts.of(&note.node),
                     message: note.value.message.clone(),
                     percent: note.value.percent,
                 })
@@ -89,7 +132,7 @@ impl Replica {
                 .iter()
                 .map(|lost| LostClaimView {
                     agent: agent_text(&lost.agent),
-                    node_id: lost.node.to_string(),
+                    node_id: texts.of(&lost.node),
                     claim_id: lost.claim.to_string(),
                     generation: lost.generation,
                     claimed_at: format_rfc3339_ms(lost.claimed_at.wall_ms),
@@ -102,7 +145,7 @@ impl Replica {
                 .map(|note| HandoffView {
                     at: format_rfc3339_ms(note.at.wall_ms),
                     agent: agent_text(&note.agent),
-                    node_id: note.node.to_string(),
+                    node_id: texts.of(&note.node),
                     commits: note.value.commits.clone(),
                     files: note.value.files.clone(),
                     tests: note.value.tests.clone(),
@@ -111,13 +154,13 @@ impl Replica {
                 })
                 .collect(),
             checks: fields.checks.iter().map(|command| CheckView { command: command.clone() }).collect(),
-            result: state.result.as_ref().map(result_view),
-            other_results: state.other_results.iter().map(result_view).collect(),
-            failure: state.failure.as_ref().map(failure_view),
-            cancelled: state.cancelled.as_ref().map(failure_view),
-            id_conflicts: fields.id_conflicts.iter().map(ToString::to_string).collect(),
+            result: state.result.as_ref().map(|noted| texts.result_view(noted)),
+            other_results: state.other_results.iter().map(|noted| texts.result_view(noted)).collect(),
+            failure: state.failure.as_ref().map(|noted| texts.failure_view(noted)),
+            cancelled: state.cancelled.as_ref().map(|noted| texts.failure_view(noted)),
+            id_conflicts: fields.id_conflicts.iter().map(|node| texts.of(node)).collect(),
             rejected_records: state.rejected,
-            created_by: fields.created_by.to_string(),
+            created_by: texts.of(&fields.created_by),
             created_at: format_rfc3339_ms(fields.created_at.wall_ms),
             updated_at: format_rfc3339_ms(state.updated_at.wall_ms),
         }
@@ -125,7 +168,7 @@ impl Replica {
 
     /// Every task's view, in id order.
     pub fn task_views(&self) -> Vec<TaskView> {
-        self.tasks().values().map(|entry| self.task_view(entry)).collect()
+        self.task_views_of(self.tasks().values())
     }
 
     /// The canonical JSON export of the whole resolved state.
@@ -159,6 +202,10 @@ impl Replica {
         out
     }
 }
+
+/// About the JSON size of an open task without records, to size a listing's buffer at once
+/// instead of growing it by copies (a claimed or finished task is longer).
+const TASK_JSON_BYTES_TYPICAL: usize = 700;
 
 /// Version of the export's JSON shape.
 pub const EXPORT_SCHEMA: u32 = 1;
