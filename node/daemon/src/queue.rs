@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshwork_crdt::{Applied, OpError, Replica, Speaker};
+use meshwork_crdt::{Applied, OpError, Replica, Speaker, TaskEntry};
 use meshwork_protocol::api::{
-    AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskStatus, TaskView,
+    AddTask, ClaimTask, EditTask, HandoffRequest, MemberView, NodeStatus, StorageView, TaskPage, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::storage::{Frame, RequestEntry};
@@ -59,12 +59,61 @@ pub(crate) enum Mutation {
 #[derive(Debug)]
 pub(crate) enum Query {
     Task(TaskId, Reply<TaskView>),
-    List(Vec<TaskStatus>, Reply<Vec<TaskView>>),
-    Ready { all: bool, reply: Reply<Vec<TaskView>> },
+    /// The tasks in these statuses (all when none), in id order.
+    List {
+        statuses: Vec<TaskStatus>,
+        answer: ListingAnswer,
+    },
+    /// The ready tasks in claim order, for any machine (`all`) or only this one.
+    Ready {
+        all: bool,
+        answer: ListingAnswer,
+    },
     Export(ExportFormat, Reply<Vec<u8>>),
     Members(Reply<Vec<MemberView>>),
     Caps(Reply<Probe>),
     Status(Reply<NodeStatus>),
+}
+
+/// How a listing (`task list`, `ready`) is answered; `limit` keeps its first tasks.
+#[derive(Debug)]
+pub(crate) enum ListingAnswer {
+    /// The JSON array of the task objects, encoded task by task as the actor builds them
+    /// (`GET /v1/tasks`, `GET /v1/ready`).
+    Json { limit: Option<usize>, reply: Reply<Encoded<Vec<TaskView>>> },
+    /// The first task objects and the listing's size (`GET /v1/pages/...`).
+    Page { limit: Option<usize>, reply: Reply<TaskPage> },
+}
+
+impl ListingAnswer {
+    /// Answers with the tasks of `listed`: task objects are built only for those answered.
+    fn send(self, replica: &Replica, listed: &[&TaskEntry]) {
+        let head = |limit: Option<usize>| &listed[..limit.map_or(listed.len(), |limit| limit.min(listed.len()))];
+        match self {
+            ListingAnswer::Json { limit, reply } => {
+                let _ = reply.send(Ok(Encoded::task_views(replica, head(limit))));
+            }
+            ListingAnswer::Page { limit, reply } => {
+                let page = TaskPage { total: listed.len(), tasks: replica.task_views_of(head(limit).iter().copied()) };
+                let _ = reply.send(Ok(page));
+            }
+        }
+    }
+}
+
+/// The JSON text of an answer of type `T`, encoded where it was built: the actor writes a long
+/// listing task by task instead of handing over every task object for the HTTP layer to encode
+/// (docs/BENCHMARKS.md, "CLI calls").
+#[derive(Debug)]
+pub(crate) struct Encoded<T> {
+    pub(crate) json: Vec<u8>,
+    answer: std::marker::PhantomData<fn() -> T>,
+}
+
+impl Encoded<Vec<TaskView>> {
+    fn task_views(replica: &Replica, entries: &[&TaskEntry]) -> Encoded<Vec<TaskView>> {
+        Encoded { json: replica.task_views_json(entries), answer: std::marker::PhantomData }
+    }
 }
 
 /// The shapes `GET /v1/export` writes.
@@ -572,23 +621,20 @@ impl QueueActor {
             Query::Task(id, reply) => {
                 let _ = reply.send(self.task_answer(&id));
             }
-            Query::List(statuses, reply) => {
-                let views = replica
+            Query::List { statuses, answer } => {
+                let listed: Vec<&TaskEntry> = replica
                     .tasks()
                     .values()
                     .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
-                    .map(|entry| replica.task_view(entry))
                     .collect();
-                let _ = reply.send(Ok(views));
+                answer.send(replica, &listed);
             }
-            Query::Ready { all, reply } => {
-                let views = replica
-                    .ready_tasks()
-                    .into_iter()
-                    .filter(|entry| all || replica.unmet_here(entry).is_empty())
-                    .map(|entry| replica.task_view(entry))
-                    .collect();
-                let _ = reply.send(Ok(views));
+            Query::Ready { all, answer } => {
+                let mut listed = replica.ready_tasks();
+                if !all {
+                    listed.retain(|entry| replica.unmet_here(entry).is_empty());
+                }
+                answer.send(replica, &listed);
             }
             Query::Export(format, reply) => {
                 let bytes = match format {

@@ -866,7 +866,7 @@ fn met_or_not(met: bool) -> &'static str {
 
 /// The `task list` filter of these statuses (`open,claimed`).
 fn statuses(statuses: &str) -> ListTasks {
-    ListTasks { status: Some(statuses.to_owned()) }
+    ListTasks { status: Some(statuses.to_owned()), limit: None }
 }
 
 /// Processes timed per row of `bench cli` before the timed ones, so the binary and the
@@ -1008,7 +1008,7 @@ async fn time_cli_row(home: &Path, row: CliRow, runs: usize) -> anyhow::Result<V
 /// The first `count` tasks ready anywhere, in claim order.
 async fn ready_ids(home: &Path, count: usize) -> anyhow::Result<Vec<String>> {
     let mut client = Client::connect(home).await?;
-    let ready = client.call::<route::Ready>(&(), &route::ReadyQuery { all: true }).await?;
+    let ready = client.call::<route::Ready>(&(), &route::ReadyQuery { all: true, limit: Some(count) }).await?;
     if ready.len() < count {
         bail!("only {} tasks are ready, {count} are needed", ready.len());
     }
@@ -1033,19 +1033,6 @@ fn print_cli_row(row: CliRow, size: usize, sorted: &[Duration]) {
         Some(goal) => format!("p50 ≤ {goal} ms: {}", met_or_not(p50 <= goal)),
         None => String::new(),
     };
-    let tasks = thousands(size);
+    let tasks = crate::output::thousands(size);
     println!("| {} | {tasks} | {p50:.2} | {p90:.2} | {p99:.2} | {goal} |", row.label());
-}
-
-/// `20000` as `20,000`.
-fn thousands(number: usize) -> String {
-    let digits = number.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
 }
