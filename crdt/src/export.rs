@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use meshwork_protocol::api::{
-    CheckView, FailureView, HandoffView, HolderView, LostClaimView, ProgressView, ResultView, TaskView,
+    CheckView, FailureView, HandoffView, HolderView, LostClaimView, ProgressView, ResultView, TaskStatus, TaskView,
 };
-use meshwork_protocol::time::format_rfc3339_ms;
-use meshwork_protocol::{AgentName, NodeId};
+use meshwork_protocol::time::{format_rfc3339_ms, write_rfc3339_ms};
+use meshwork_protocol::{AgentName, NodeId, TaskId};
 use serde::Serialize;
 
 use crate::replica::{Replica, TaskEntry};
@@ -26,14 +26,14 @@ fn agent_text(agent: &Option<AgentName>) -> String {
 struct NodeTexts(BTreeMap<NodeId, String>);
 
 impl NodeTexts {
-    fn of(&mut self, node: &NodeId) -> String {
-        self.0.entry(*node).or_insert_with(|| node.to_string()).clone()
+    fn of(&mut self, node: &NodeId) -> &String {
+        self.0.entry(*node).or_insert_with(|| node.to_string())
     }
 
     fn by(&mut self, agent: &Option<AgentName>, node: &NodeId) -> String {
         match agent {
             Some(agent) => format!("{agent}@{}", self.of(node)),
-            None => self.of(node),
+            None => self.of(node).clone(),
         }
     }
 
@@ -51,6 +51,51 @@ impl NodeTexts {
             by: self.by(&noted.agent, &noted.node),
             at: format_rfc3339_ms(noted.at.wall_ms),
         }
+    }
+}
+
+/// Replaces what `list` holds with `items`, keeping its memory (most lists are empty, and
+/// collecting an empty list anew cost more than writing it).
+fn refill<T>(list: &mut Vec<T>, items: impl IntoIterator<Item = T>) {
+    list.clear();
+    list.extend(items);
+}
+
+/// A task object with every field empty, for [`Replica::fill_task_view`] to write over.
+fn blank_task_view(id: TaskId) -> TaskView {
+    TaskView {
+        id,
+        title: String::new(),
+        description: String::new(),
+        status: TaskStatus::Open,
+        ready: false,
+        blocked_by: Vec::new(),
+        priority: 0,
+        depends_on: Vec::new(),
+        requires: Vec::new(),
+        prefers: Vec::new(),
+        labels: Vec::new(),
+        files: Vec::new(),
+        lease_ms: 0,
+        max_attempts: 0,
+        needs_approval: false,
+        approved: false,
+        generation: 0,
+        attempts: 0,
+        holder: None,
+        progress: Vec::new(),
+        lost_claims: Vec::new(),
+        handoffs: Vec::new(),
+        checks: Vec::new(),
+        result: None,
+        other_results: Vec::new(),
+        failure: None,
+        cancelled: None,
+        id_conflicts: Vec::new(),
+        rejected_records: 0,
+        created_by: String::new(),
+        created_at: String::new(),
+        updated_at: String::new(),
     }
 }
 
@@ -72,98 +117,141 @@ impl Replica {
     /// ([`TaskView::write_json`]) as soon as its object is built, so a listing of 20,000 tasks
     /// never holds 20,000 task objects at once.
     pub fn task_views_json(&self, entries: &[&TaskEntry]) -> Vec<u8> {
-        let mut texts = NodeTexts::default();
         let mut out = Vec::with_capacity(entries.len().saturating_mul(TASK_JSON_BYTES_TYPICAL) + 2);
         out.push(b'[');
-        for (index, entry) in entries.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
+        if let Some(first) = entries.first() {
+            let mut texts = NodeTexts::default();
+            let mut view = blank_task_view(first.fields.id.clone());
+            for (index, entry) in entries.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                self.fill_task_view(entry, &mut texts, &mut view);
+                view.write_json(&mut out);
             }
-            self.task_view_with(entry, &mut texts).write_json(&mut out);
         }
         out.push(b']');
         out
     }
 
     fn task_view_with(&self, entry: &TaskEntry, texts: &mut NodeTexts) -> TaskView {
+        let mut view = blank_task_view(entry.fields.id.clone());
+        self.fill_task_view(entry, texts, &mut view);
+        view
+    }
+
+    /// Writes the task object of `entry` over `view`, reusing the memory of its strings and
+    /// lists: a listing fills one view per task rather than allocating and freeing a dozen
+    /// strings for each (docs/BENCHMARKS.md, "CLI calls").
+    fn fill_task_view(&self, entry: &TaskEntry, texts: &mut NodeTexts, view: &mut TaskView) {
         let (fields, state) = (&entry.fields, &entry.state);
-        let holder = state.holder.as_ref().map(|holder| HolderView {
+        // Every field is named: one added to TaskView and not written here fails to compile
+        // rather than keeping the previous task's value.
+        let TaskView {
+            id,
+            title,
+            description,
+            status,
+            ready,
+            blocked_by,
+            priority,
+            depends_on,
+            requires,
+            prefers,
+            labels,
+            files,
+            lease_ms,
+            max_attempts,
+            needs_approval,
+            approved,
+            generation,
+            attempts,
+            holder,
+            progress,
+            lost_claims,
+            handoffs,
+            checks,
+            result,
+            other_results,
+            failure,
+            cancelled,
+            id_conflicts,
+            rejected_records,
+            created_by,
+            created_at,
+            updated_at,
+        } = view;
+        id.clone_from(&fields.id);
+        title.clone_from(&fields.title);
+        description.clone_from(&fields.description);
+        *status = state.status;
+        *ready = self.is_ready(entry);
+        refill(blocked_by, self.blocked_by(entry));
+        *priority = fields.priority;
+        refill(depends_on, fields.depends_on.iter().cloned());
+        refill(requires, fields.requires.iter().map(ToString::to_string));
+        refill(prefers, fields.prefers.iter().map(ToString::to_string));
+        labels.clone_from(&fields.labels);
+        files.clone_from(&fields.files);
+        *lease_ms = fields.lease_ms;
+        *max_attempts = fields.max_attempts;
+        *needs_approval = fields.needs_approval;
+        *approved = state.approved;
+        *generation = state.generation;
+        *attempts = state.attempts;
+        *holder = state.holder.as_ref().map(|holder| HolderView {
             agent: agent_text(&holder.agent),
-            node_id: texts.of(&holder.node),
+            node_id: texts.of(&holder.node).to_owned(),
             node_name: self.node_name(&holder.node),
             claim_id: holder.claim.to_string(),
             claimed_at: format_rfc3339_ms(holder.claimed_at.wall_ms),
             lease_until: format_rfc3339_ms(holder.lease_until_ms),
             quorum: holder.quorum,
         });
-        TaskView {
-            id: fields.id.clone(),
-            title: fields.title.clone(),
-            description: fields.description.clone(),
-            status: state.status,
-            ready: self.is_ready(entry),
-            blocked_by: self.blocked_by(entry),
-            priority: fields.priority,
-            depends_on: fields.depends_on.iter().cloned().collect(),
-            requires: fields.requires.iter().map(ToString::to_string).collect(),
-            prefers: fields.prefers.iter().map(ToString::to_string).collect(),
-            labels: fields.labels.clone(),
-            files: fields.files.clone(),
-            lease_ms: fields.lease_ms,
-            max_attempts: fields.max_attempts,
-            needs_approval: fields.needs_approval,
-            approved: state.approved,
-            generation: state.generation,
-            attempts: state.attempts,
-            holder,
-            progress: state
-                .progress
-                .iter()
-                .map(|note| ProgressView {
-                    at: format_rfc3339_ms(note.at.wall_ms),
-                    agent: agent_text(&note.agent),
-                    node_id: texts.of(&note.node),
-                    message: note.value.message.clone(),
-                    percent: note.value.percent,
-                })
-                .collect(),
-            lost_claims: state
-                .lost_claims
-                .iter()
-                .map(|lost| LostClaimView {
-                    agent: agent_text(&lost.agent),
-                    node_id: texts.of(&lost.node),
-                    claim_id: lost.claim.to_string(),
-                    generation: lost.generation,
-                    claimed_at: format_rfc3339_ms(lost.claimed_at.wall_ms),
-                    reason: lost.reason.to_string(),
-                })
-                .collect(),
-            handoffs: state
-                .handoffs
-                .iter()
-                .map(|note| HandoffView {
-                    at: format_rfc3339_ms(note.at.wall_ms),
-                    agent: agent_text(&note.agent),
-                    node_id: texts.of(&note.node),
-                    commits: note.value.commits.clone(),
-                    files: note.value.files.clone(),
-                    tests: note.value.tests.clone(),
-                    risks: note.value.risks.clone(),
-                    next: note.value.next.clone(),
-                })
-                .collect(),
-            checks: fields.checks.iter().map(|command| CheckView { command: command.clone() }).collect(),
-            result: state.result.as_ref().map(|noted| texts.result_view(noted)),
-            other_results: state.other_results.iter().map(|noted| texts.result_view(noted)).collect(),
-            failure: state.failure.as_ref().map(|noted| texts.failure_view(noted)),
-            cancelled: state.cancelled.as_ref().map(|noted| texts.failure_view(noted)),
-            id_conflicts: fields.id_conflicts.iter().map(|node| texts.of(node)).collect(),
-            rejected_records: state.rejected,
-            created_by: texts.of(&fields.created_by),
-            created_at: format_rfc3339_ms(fields.created_at.wall_ms),
-            updated_at: format_rfc3339_ms(state.updated_at.wall_ms),
-        }
+        refill(
+            progress,
+            state.progress.iter().map(|note| ProgressView {
+                at: format_rfc3339_ms(note.at.wall_ms),
+                agent: agent_text(&note.agent),
+                node_id: texts.of(&note.node).to_owned(),
+                message: note.value.message.clone(),
+                percent: note.value.percent,
+            }),
+        );
+        refill(
+            lost_claims,
+            state.lost_claims.iter().map(|lost| LostClaimView {
+                agent: agent_text(&lost.agent),
+                node_id: texts.of(&lost.node).to_owned(),
+                claim_id: lost.claim.to_string(),
+                generation: lost.generation,
+                claimed_at: format_rfc3339_ms(lost.claimed_at.wall_ms),
+                reason: lost.reason.to_string(),
+            }),
+        );
+        refill(
+            handoffs,
+            state.handoffs.iter().map(|note| HandoffView {
+                at: format_rfc3339_ms(note.at.wall_ms),
+                agent: agent_text(&note.agent),
+                node_id: texts.of(&note.node).to_owned(),
+                commits: note.value.commits.clone(),
+                files: note.value.files.clone(),
+                tests: note.value.tests.clone(),
+                risks: note.value.risks.clone(),
+                next: note.value.next.clone(),
+            }),
+        );
+        refill(checks, fields.checks.iter().map(|command| CheckView { command: command.clone() }));
+        *result = state.result.as_ref().map(|noted| texts.result_view(noted));
+        refill(other_results, state.other_results.iter().map(|noted| texts.result_view(noted)));
+        *failure = state.failure.as_ref().map(|noted| texts.failure_view(noted));
+        *cancelled = state.cancelled.as_ref().map(|noted| texts.failure_view(noted));
+        refill(id_conflicts, fields.id_conflicts.iter().map(|node| texts.of(node).to_owned()));
+        *rejected_records = state.rejected;
+        created_by.clone_from(texts.of(&fields.created_by));
+        write_rfc3339_ms(created_at, fields.created_at.wall_ms);
+        write_rfc3339_ms(updated_at, state.updated_at.wall_ms);
     }
 
     /// Every task's view, in id order.

@@ -15,7 +15,7 @@ fn varied_replica() -> Replica {
     let (ann, bob) = (AgentName::new("ann").unwrap(), AgentName::new("bob").unwrap());
     let (ann, bob) = (Speaker { key: &key, agent: &ann }, Speaker { key: &key, agent: &bob });
     let mut replica = Replica::found(&key, 1, "laptop", "mesh", NOW_MS).unwrap().replica;
-    let mut add = |replica: &mut Replica, id: &str, after: &[&str], at: u64| {
+    let add = |replica: &mut Replica, id: &str, after: &[&str], at: u64| {
         let request = AddTask {
             id: Some(id.to_owned()),
             title: format!("task \"{id}\"\twith escapes"),
