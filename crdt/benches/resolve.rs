@@ -1,4 +1,5 @@
-//! `resolve` and `ready` at 1k, 20k and 100k tasks (docs/BENCHMARKS.md records the figures).
+//! `resolve` and `ready` at 1k, 20k and 100k tasks, and the task objects of a listing and their
+//! JSON at 1k and 20k (docs/BENCHMARKS.md records the figures).
 //! Goals: ready <= 10 ms at 20k tasks, <= 50 ms at 100k.
 //!
 //! The queue is realistic: a third of the tasks done (claim + progress + done), a third
@@ -8,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use meshwork_crdt::resolve::{ResolveContext, StoredRecord, resolve};
 use meshwork_crdt::task::TaskFields;
 use meshwork_crdt::test_support::node_key;
-use meshwork_crdt::{Replica, Speaker};
+use meshwork_crdt::{Replica, Speaker, TaskEntry};
 use meshwork_protocol::AgentName;
 use meshwork_protocol::api::AddTask;
 
@@ -59,6 +60,16 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ready", tasks), &replica, |b, replica| {
             b.iter(|| replica.ready_tasks().len());
         });
+        if tasks <= 20_000 {
+            // What `task list --json` costs the node: every task object, then its JSON.
+            let entries: Vec<&TaskEntry> = replica.tasks().values().collect();
+            group.bench_with_input(BenchmarkId::new("task_views", tasks), &entries, |b, entries| {
+                b.iter(|| replica.task_views_of(entries.iter().copied()).len());
+            });
+            group.bench_with_input(BenchmarkId::new("task_views_json", tasks), &entries, |b, entries| {
+                b.iter(|| replica.live_task_views_json(entries, 0).len());
+            });
+        }
         group.finish();
     }
 }

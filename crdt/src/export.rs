@@ -5,12 +5,14 @@
 //! the clock makes of a task (whether it is stale) is in the live views the node answers
 //! with ([`Replica::live_task_view`]), beside the task view and never inside it.
 
+use std::collections::BTreeMap;
+
 use meshwork_protocol::api::{
     CheckView, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, ResultView, StaleView,
-    TaskView,
+    TaskStatus, TaskView,
 };
-use meshwork_protocol::time::format_rfc3339_ms;
-use meshwork_protocol::{AgentName, NodeId};
+use meshwork_protocol::time::{format_rfc3339_ms, write_rfc3339_ms};
+use meshwork_protocol::{AgentName, NodeId, TaskId};
 use serde::Serialize;
 
 use crate::replica::{Replica, TaskEntry};
@@ -20,110 +22,257 @@ fn agent_text(agent: &Option<AgentName>) -> String {
     agent.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-fn by(agent: &Option<AgentName>, node: &NodeId) -> String {
-    match agent {
-        Some(agent) => format!("{agent}@{node}"),
-        None => node.to_string(),
+/// Node ids as text, each written once per batch of views. A node id's text is the base58 of
+/// its PeerId, about a microsecond each, and a listing of 20,000 tasks names the same few
+/// nodes again and again (docs/BENCHMARKS.md, "CLI calls").
+#[derive(Debug, Default)]
+struct NodeTexts(BTreeMap<NodeId, String>);
+
+impl NodeTexts {
+    fn of(&mut self, node: &NodeId) -> &String {
+        self.0.entry(*node).or_insert_with(|| node.to_string())
+    }
+
+    fn by(&mut self, agent: &Option<AgentName>, node: &NodeId) -> String {
+        match agent {
+            Some(agent) => format!("{agent}@{}", self.of(node)),
+            None => self.of(node).clone(),
+        }
+    }
+
+    fn result_view(&mut self, noted: &Noted<String>) -> ResultView {
+        ResultView {
+            summary: noted.value.clone(),
+            by: self.by(&noted.agent, &noted.node),
+            at: format_rfc3339_ms(noted.at.wall_ms),
+        }
+    }
+
+    fn failure_view(&mut self, noted: &Noted<String>) -> FailureView {
+        FailureView {
+            reason: noted.value.clone(),
+            by: self.by(&noted.agent, &noted.node),
+            at: format_rfc3339_ms(noted.at.wall_ms),
+        }
     }
 }
 
-fn result_view(noted: &Noted<String>) -> ResultView {
-    ResultView {
-        summary: noted.value.clone(),
-        by: by(&noted.agent, &noted.node),
-        at: format_rfc3339_ms(noted.at.wall_ms),
-    }
+/// Replaces what `list` holds with `items`, keeping its memory (most lists are empty, and
+/// collecting an empty list anew cost more than writing it).
+fn refill<T>(list: &mut Vec<T>, items: impl IntoIterator<Item = T>) {
+    list.clear();
+    list.extend(items);
 }
 
-fn failure_view(noted: &Noted<String>) -> FailureView {
-    FailureView {
-        reason: noted.value.clone(),
-        by: by(&noted.agent, &noted.node),
-        at: format_rfc3339_ms(noted.at.wall_ms),
+/// A task object with every field empty, for [`Replica::fill_task_view`] to write over.
+fn blank_task_view(id: TaskId) -> TaskView {
+    TaskView {
+        id,
+        title: String::new(),
+        description: String::new(),
+        status: TaskStatus::Open,
+        ready: false,
+        blocked_by: Vec::new(),
+        priority: 0,
+        depends_on: Vec::new(),
+        requires: Vec::new(),
+        prefers: Vec::new(),
+        labels: Vec::new(),
+        files: Vec::new(),
+        lease_ms: 0,
+        max_attempts: 0,
+        needs_approval: false,
+        approved: false,
+        generation: 0,
+        attempts: 0,
+        holder: None,
+        progress: Vec::new(),
+        lost_claims: Vec::new(),
+        handoffs: Vec::new(),
+        checks: Vec::new(),
+        result: None,
+        other_results: Vec::new(),
+        failure: None,
+        cancelled: None,
+        id_conflicts: Vec::new(),
+        rejected_records: 0,
+        created_by: String::new(),
+        created_at: String::new(),
+        updated_at: String::new(),
     }
 }
 
 impl Replica {
     /// The contract's task object for one task.
     pub fn task_view(&self, entry: &TaskEntry) -> TaskView {
+        self.task_view_with(entry, &mut NodeTexts::default())
+    }
+
+    /// The task objects of `entries`, in their order: [`Replica::task_view`] of each, with
+    /// every node id written as text once for the whole list.
+    pub fn task_views_of<'a>(&self, entries: impl IntoIterator<Item = &'a TaskEntry>) -> Vec<TaskView> {
+        let mut texts = NodeTexts::default();
+        entries.into_iter().map(|entry| self.task_view_with(entry, &mut texts)).collect()
+    }
+
+    /// The live task objects of `entries` at `now_ms`, in their order:
+    /// [`Replica::live_task_view`] of each, with every node id written as text once.
+    pub fn live_task_views_of<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a TaskEntry>,
+        now_ms: u64,
+    ) -> Vec<LiveTaskView> {
+        let mut texts = NodeTexts::default();
+        entries
+            .into_iter()
+            .map(|entry| LiveTaskView {
+                task: self.task_view_with(entry, &mut texts),
+                stale: self.stale_view(entry, now_ms, &mut texts),
+            })
+            .collect()
+    }
+
+    /// The JSON array of the live task objects of `entries` at `now_ms`, in their order: the
+    /// bytes of `serde_json::to_vec(&self.live_task_views_of(entries, now_ms))`, each task
+    /// written ([`LiveTaskView::write_json`]) as soon as its object is built, so a listing of
+    /// 20,000 tasks never holds 20,000 task objects at once.
+    pub fn live_task_views_json(&self, entries: &[&TaskEntry], now_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(entries.len().saturating_mul(TASK_JSON_BYTES_TYPICAL) + 2);
+        out.push(b'[');
+        if let Some(first) = entries.first() {
+            let mut texts = NodeTexts::default();
+            let mut view = blank_task_view(first.fields.id.clone());
+            for (index, entry) in entries.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                self.fill_task_view(entry, &mut texts, &mut view);
+                let stale = self.stale_view(entry, now_ms, &mut texts);
+                LiveTaskView::write_json(&view, stale.as_ref(), &mut out);
+            }
+        }
+        out.push(b']');
+        out
+    }
+
+    fn task_view_with(&self, entry: &TaskEntry, texts: &mut NodeTexts) -> TaskView {
+        let mut view = blank_task_view(entry.fields.id.clone());
+        self.fill_task_view(entry, texts, &mut view);
+        view
+    }
+
+    /// Writes the task object of `entry` over `view`, reusing the memory of its strings and
+    /// lists: a listing fills one view per task rather than allocating and freeing a dozen
+    /// strings for each (docs/BENCHMARKS.md, "CLI calls").
+    fn fill_task_view(&self, entry: &TaskEntry, texts: &mut NodeTexts, view: &mut TaskView) {
         let (fields, state) = (&entry.fields, &entry.state);
-        let holder = state.holder.as_ref().map(|holder| HolderView {
+        // Every field is named: one added to TaskView and not written here fails to compile
+        // rather than keeping the previous task's value.
+        let TaskView {
+            id,
+            title,
+            description,
+            status,
+            ready,
+            blocked_by,
+            priority,
+            depends_on,
+            requires,
+            prefers,
+            labels,
+            files,
+            lease_ms,
+            max_attempts,
+            needs_approval,
+            approved,
+            generation,
+            attempts,
+            holder,
+            progress,
+            lost_claims,
+            handoffs,
+            checks,
+            result,
+            other_results,
+            failure,
+            cancelled,
+            id_conflicts,
+            rejected_records,
+            created_by,
+            created_at,
+            updated_at,
+        } = view;
+        id.clone_from(&fields.id);
+        title.clone_from(&fields.title);
+        description.clone_from(&fields.description);
+        *status = state.status;
+        *ready = self.is_ready(entry);
+        refill(blocked_by, self.blocked_by(entry));
+        *priority = fields.priority;
+        refill(depends_on, fields.depends_on.iter().cloned());
+        refill(requires, fields.requires.iter().map(ToString::to_string));
+        refill(prefers, fields.prefers.iter().map(ToString::to_string));
+        labels.clone_from(&fields.labels);
+        files.clone_from(&fields.files);
+        *lease_ms = fields.lease_ms;
+        *max_attempts = fields.max_attempts;
+        *needs_approval = fields.needs_approval;
+        *approved = state.approved;
+        *generation = state.generation;
+        *attempts = state.attempts;
+        *holder = state.holder.as_ref().map(|holder| HolderView {
             agent: agent_text(&holder.agent),
-            node_id: holder.node.to_string(),
+            node_id: texts.of(&holder.node).to_owned(),
             node_name: self.node_name(&holder.node),
             claim_id: holder.claim.to_string(),
             claimed_at: format_rfc3339_ms(holder.claimed_at.wall_ms),
             lease_until: format_rfc3339_ms(holder.lease_until_ms),
             quorum: holder.quorum,
         });
-        TaskView {
-            id: fields.id.clone(),
-            title: fields.title.clone(),
-            description: fields.description.clone(),
-            status: state.status,
-            ready: self.is_ready(entry),
-            blocked_by: self.blocked_by(entry),
-            priority: fields.priority,
-            depends_on: fields.depends_on.iter().cloned().collect(),
-            requires: fields.requires.iter().map(ToString::to_string).collect(),
-            prefers: fields.prefers.iter().map(ToString::to_string).collect(),
-            labels: fields.labels.clone(),
-            files: fields.files.clone(),
-            lease_ms: fields.lease_ms,
-            max_attempts: fields.max_attempts,
-            needs_approval: fields.needs_approval,
-            approved: state.approved,
-            generation: state.generation,
-            attempts: state.attempts,
-            holder,
-            progress: state
-                .progress
-                .iter()
-                .map(|note| ProgressView {
-                    at: format_rfc3339_ms(note.at.wall_ms),
-                    agent: agent_text(&note.agent),
-                    node_id: note.node.to_string(),
-                    message: note.value.message.clone(),
-                    percent: note.value.percent,
-                })
-                .collect(),
-            lost_claims: state
-                .lost_claims
-                .iter()
-                .map(|lost| LostClaimView {
-                    agent: agent_text(&lost.agent),
-                    node_id: lost.node.to_string(),
-                    claim_id: lost.claim.to_string(),
-                    generation: lost.generation,
-                    claimed_at: format_rfc3339_ms(lost.claimed_at.wall_ms),
-                    reason: lost.reason.to_string(),
-                })
-                .collect(),
-            handoffs: state
-                .handoffs
-                .iter()
-                .map(|note| HandoffView {
-                    at: format_rfc3339_ms(note.at.wall_ms),
-                    agent: agent_text(&note.agent),
-                    node_id: note.node.to_string(),
-                    commits: note.value.commits.clone(),
-                    files: note.value.files.clone(),
-                    tests: note.value.tests.clone(),
-                    risks: note.value.risks.clone(),
-                    next: note.value.next.clone(),
-                })
-                .collect(),
-            checks: fields.checks.iter().map(|command| CheckView { command: command.clone() }).collect(),
-            result: state.result.as_ref().map(result_view),
-            other_results: state.other_results.iter().map(result_view).collect(),
-            failure: state.failure.as_ref().map(failure_view),
-            cancelled: state.cancelled.as_ref().map(failure_view),
-            id_conflicts: fields.id_conflicts.iter().map(ToString::to_string).collect(),
-            rejected_records: state.rejected,
-            created_by: fields.created_by.to_string(),
-            created_at: format_rfc3339_ms(fields.created_at.wall_ms),
-            updated_at: format_rfc3339_ms(state.updated_at.wall_ms),
-        }
+        refill(
+            progress,
+            state.progress.iter().map(|note| ProgressView {
+                at: format_rfc3339_ms(note.at.wall_ms),
+                agent: agent_text(&note.agent),
+                node_id: texts.of(&note.node).to_owned(),
+                message: note.value.message.clone(),
+                percent: note.value.percent,
+            }),
+        );
+        refill(
+            lost_claims,
+            state.lost_claims.iter().map(|lost| LostClaimView {
+                agent: agent_text(&lost.agent),
+                node_id: texts.of(&lost.node).to_owned(),
+                claim_id: lost.claim.to_string(),
+                generation: lost.generation,
+                claimed_at: format_rfc3339_ms(lost.claimed_at.wall_ms),
+                reason: lost.reason.to_string(),
+            }),
+        );
+        refill(
+            handoffs,
+            state.handoffs.iter().map(|note| HandoffView {
+                at: format_rfc3339_ms(note.at.wall_ms),
+                agent: agent_text(&note.agent),
+                node_id: texts.of(&note.node).to_owned(),
+                commits: note.value.commits.clone(),
+                files: note.value.files.clone(),
+                tests: note.value.tests.clone(),
+                risks: note.value.risks.clone(),
+                next: note.value.next.clone(),
+            }),
+        );
+        refill(checks, fields.checks.iter().map(|command| CheckView { command: command.clone() }));
+        *result = state.result.as_ref().map(|noted| texts.result_view(noted));
+        refill(other_results, state.other_results.iter().map(|noted| texts.result_view(noted)));
+        *failure = state.failure.as_ref().map(|noted| texts.failure_view(noted));
+        *cancelled = state.cancelled.as_ref().map(|noted| texts.failure_view(noted));
+        refill(id_conflicts, fields.id_conflicts.iter().map(|node| texts.of(node).to_owned()));
+        *rejected_records = state.rejected;
+        created_by.clone_from(texts.of(&fields.created_by));
+        write_rfc3339_ms(created_at, fields.created_at.wall_ms);
+        write_rfc3339_ms(updated_at, state.updated_at.wall_ms);
     }
 
     /// The task object a node answers with (`task show`, `task list`, `ready`, `claim`): the
@@ -131,22 +280,25 @@ impl Replica {
     /// it: [`Replica::stale_holder`]). Two nodes with the same records give the same view and
     /// may disagree on `stale` only as far as their clocks do.
     pub fn live_task_view(&self, entry: &TaskEntry, now_ms: u64) -> LiveTaskView {
-        let stale = self.stale_holder(entry, now_ms).map(|holder| StaleView {
+        let mut texts = NodeTexts::default();
+        LiveTaskView { task: self.task_view_with(entry, &mut texts), stale: self.stale_view(entry, now_ms, &mut texts) }
+    }
+
+    fn stale_view(&self, entry: &TaskEntry, now_ms: u64, texts: &mut NodeTexts) -> Option<StaleView> {
+        self.stale_holder(entry, now_ms).map(|holder| StaleView {
             agent: agent_text(&holder.agent),
-            node_id: holder.node.to_string(),
+            node_id: texts.of(&holder.node).to_owned(),
             node_name: self.node_name(&holder.node),
             claim_id: holder.claim.to_string(),
             since: format_rfc3339_ms(holder.lease_until_ms),
-        });
-        LiveTaskView { task: self.task_view(entry), stale }
+        })
     }
 
     /// Every task's view, in id order.
     pub fn task_views(&self) -> Vec<TaskView> {
-        self.tasks().values().map(|entry| self.task_view(entry)).collect()
+        self.task_views_of(self.tasks().values())
     }
 
-    /// The canonical JSON export of the whole resolved state.
     /// The current members as `mesh members` and the export show them, by node id.
     pub fn member_views(&self) -> Vec<MemberView> {
         self.members()
@@ -160,6 +312,7 @@ impl Replica {
             .collect()
     }
 
+    /// The canonical JSON export of the whole resolved state.
     pub fn export_json(&self) -> String {
         let export = Export {
             schema: EXPORT_SCHEMA,
@@ -181,6 +334,10 @@ impl Replica {
         out
     }
 }
+
+/// About the JSON size of an open task without records, to size a listing's buffer at once
+/// instead of growing it by copies (a claimed or finished task is longer).
+const TASK_JSON_BYTES_TYPICAL: usize = 700;
 
 /// Version of the export's JSON shape.
 pub const EXPORT_SCHEMA: u32 = 1;

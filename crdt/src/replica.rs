@@ -4,6 +4,7 @@
 //! their records, each task's [`TaskState`] from [`resolve`]. After any change the touched
 //! tasks are resolved again; a membership or probe change resolves every task again.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_protocol::api::TaskStatus;
@@ -376,9 +377,7 @@ impl Replica {
     /// Ready tasks in claim order: highest priority, then oldest, then id. Readiness by the
     /// records alone: stale tasks are not here ([`Replica::ready_tasks_at`]).
     pub fn ready_tasks(&self) -> Vec<&TaskEntry> {
-        let mut ready: Vec<&TaskEntry> = self.tasks.values().filter(|entry| self.is_ready(entry)).collect();
-        ready.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
-        ready
+        in_claim_order(self.tasks.values().filter(|entry| self.is_ready(entry)))
     }
 
     /// The holder of a task that is stale at `now_ms`: claimed, and its holder's lease, as
@@ -394,17 +393,12 @@ impl Replica {
     /// goes before fresh work of lower priority and, within a priority, waits its turn by age
     /// like any other: it never starves. `claim` of a stale task is a takeover.
     pub fn ready_tasks_at(&self, now_ms: u64) -> Vec<&TaskEntry> {
-        let mut ready: Vec<&TaskEntry> = self
-            .tasks
-            .values()
-            .filter(|entry| {
-                let stale = self.stale_holder(entry, now_ms).is_some()
-                    && !sabotage::is_broken(sabotage::BrokenRule::StaleNotOffered);
-                ready::is_claimable(self.ready_input(entry), stale, |id| self.status_of(id))
-            })
-            .collect();
-        ready.sort_by(|a, b| claim_order(a).cmp(&claim_order(b)));
-        ready
+        let ready = self.tasks.values().filter(|entry| {
+            let stale = self.stale_holder(entry, now_ms).is_some()
+                && !sabotage::is_broken(sabotage::BrokenRule::StaleNotOffered);
+            ready::is_claimable(self.ready_input(entry), stale, |id| self.status_of(id))
+        });
+        in_claim_order(ready)
     }
 
     /// Every task stale at `now_ms`, in id order (`task list --stale`), whether or not its
@@ -429,8 +423,15 @@ impl Replica {
 }
 
 /// The claim order: highest priority, then oldest, then id.
-fn claim_order(entry: &TaskEntry) -> (i64, Stamp, &TaskId) {
-    (-entry.fields.priority, entry.fields.created_at, &entry.fields.id)
+/// `entries` in claim order: highest priority, then oldest, then id.
+///
+/// The sort keys are copied out of the entries first: comparing through the entries, each a
+/// kilobyte apart, cost a cache miss per comparison (docs/BENCHMARKS.md, "CLI calls").
+fn in_claim_order<'a>(entries: impl Iterator<Item = &'a TaskEntry>) -> Vec<&'a TaskEntry> {
+    let mut keyed: Vec<(Reverse<i64>, Stamp, &TaskEntry)> =
+        entries.map(|entry| (Reverse(entry.fields.priority), entry.fields.created_at, entry)).collect();
+    keyed.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.fields.id.cmp(&b.2.fields.id)));
+    keyed.into_iter().map(|(_, _, entry)| entry).collect()
 }
 
 /// Notes the valid records of a task just read: their ids as verified, and the newest stamp

@@ -124,6 +124,16 @@ pub struct StaleView {
     pub since: String,
 }
 
+/// The head of a listing and the size of the whole: what `ready` and `task list` show people,
+/// who read the first rows and the count of the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// How many tasks the whole listing holds.
+    pub total: usize,
+    /// Its first tasks, in its order: at most the query's `limit`.
+    pub tasks: Vec<LiveTaskView>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderView {
     pub agent: String,

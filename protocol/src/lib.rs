@@ -16,6 +16,7 @@ pub mod record;
 pub mod requirement;
 pub mod route;
 pub mod task_id;
+mod task_json;
 pub mod task_spec;
 pub mod time;
 pub mod verified_cache;

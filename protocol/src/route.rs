@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::Probe;
 use crate::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, InviteView, JoinMesh, JoinedView,
-    LiveTaskView, MemberView, MessageView, NodeStatus, RemoveMember, TaskNote,
+    LiveTaskView, MemberView, MessageView, NodeStatus, RemoveMember, TaskNote, TaskPage,
 };
 use crate::task_id::TaskId;
 
@@ -95,7 +95,7 @@ pub trait Route: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
-/// `task list`'s filters, as the query of `GET /v1/tasks`.
+/// `task list`'s filters, as the query of `GET /v1/tasks` and `GET /v1/pages/tasks`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ListTasks {
@@ -105,13 +105,20 @@ pub struct ListTasks {
     /// Only stale tasks: claimed, and their holder's lease ended by the node's clock.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// At most this many tasks, the first in the listing's order; all when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
-/// `ready`'s query: ready for this machine, or (`all`) for any.
+/// `ready`'s query: ready for this machine, or (`all`) for any; as the query of `GET /v1/ready`
+/// and `GET /v1/pages/ready`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReadyQuery {
     pub all: bool,
+    /// At most this many tasks, the first in claim order; all when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 /// The answer of `POST /v1/shutdown`.
@@ -161,8 +168,10 @@ routes! {
     Status: Get "/v1/status", (), Empty => NodeStatus, mutates: false;
     /// `node stop`.
     Shutdown: Post "/v1/shutdown", (), Empty => Stopping, mutates: false;
-    /// `task list`.
+    /// `task list --json`.
     TaskList: Get "/v1/tasks", (), ListTasks => Vec<LiveTaskView>, mutates: false;
+    /// `task list` for people: the first tasks and how many the listing holds in all.
+    TaskListPage: Get "/v1/pages/tasks", (), ListTasks => TaskPage, mutates: false;
     /// `task add`.
     TaskAdd: Post "/v1/tasks", (), AddTask => LiveTaskView, mutates: true;
     /// `task show`.
@@ -171,8 +180,10 @@ routes! {
     TaskEdit: Patch "/v1/tasks/{id}", TaskId, EditTask => LiveTaskView, mutates: true;
     /// `task cancel`: `text` is the reason.
     TaskCancel: Post "/v1/tasks/{id}/cancel", TaskId, TaskNote => LiveTaskView, mutates: true;
-    /// `ready`.
+    /// `ready --json`.
     Ready: Get "/v1/ready", (), ReadyQuery => Vec<LiveTaskView>, mutates: false;
+    /// `ready` for people: the first tasks and how many are ready in all.
+    ReadyPage: Get "/v1/pages/ready", (), ReadyQuery => TaskPage, mutates: false;
     /// `claim ID` and `claim --next`.
     Claim: Post "/v1/claim", (), ClaimTask => LiveTaskView, mutates: true;
     /// `renew`.

@@ -26,17 +26,51 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
 /// Formats milliseconds since the epoch as RFC 3339 UTC with millisecond precision
 /// (`2026-11-21T06:11:04.120Z`).
 pub fn format_rfc3339_ms(unix_ms: u64) -> String {
+    let mut text = String::with_capacity(RFC3339_MS_BYTES);
+    write_rfc3339_ms(&mut text, unix_ms);
+    text
+}
+
+/// Length of [`format_rfc3339_ms`]'s text up to the year 9999.
+const RFC3339_MS_BYTES: usize = 24;
+
+/// [`format_rfc3339_ms`] into `text`, replacing what it held and reusing its memory.
+///
+/// Every task object carries two or more of these, so the digits are written into a fixed
+/// buffer rather than through `format!`, a tenth of a listing's cost (docs/BENCHMARKS.md,
+/// "CLI calls"). Years past 9999 take the general path.
+pub fn write_rfc3339_ms(text: &mut String, unix_ms: u64) {
     let seconds_total = unix_ms / 1000;
     let millis = unix_ms % 1000;
     let days = (seconds_total / 86_400) as i64;
     let second_of_day = seconds_total % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    text.clear();
+    let Ok(year @ 0..=9999) = u64::try_from(year) else {
+        text.push_str(&format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        ));
+        return;
+    };
+    let mut digits = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for place in (at..at + width).rev() {
+            digits[place] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, second_of_day / 3600);
+    put(14, 2, second_of_day / 60 % 60);
+    put(17, 2, second_of_day % 60);
+    put(20, 3, millis);
+    // Digits and ASCII punctuation: always UTF-8.
+    text.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 /// Parses an RFC 3339 time or a plain date (`2026-11-21`, midnight UTC) into milliseconds
@@ -140,12 +174,32 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339_ms(1_795_241_464_120), "2026-11-21T06:11:04.120Z");
+        let mut reused = "an earlier and longer text".to_owned();
+        write_rfc3339_ms(&mut reused, 1_795_241_464_120);
+        assert_eq!(reused, "2026-11-21T06:11:04.120Z");
         assert_eq!(parse_rfc3339_ms("2026-11-21"), Some(1_795_219_200_000));
         assert_eq!(parse_rfc3339_ms("2026-11-21T07:11:04+01:00"), Some(1_795_241_464_000));
         assert_eq!(parse_rfc3339_ms("2026-13-01"), None);
     }
 
     proptest! {
+        #[test]
+        fn rfc3339_digits_match_the_general_formatter(
+            unix_ms in prop_oneof![0u64..253_402_300_800_000, 253_402_300_800_000u64..u64::MAX / 2]
+        ) {
+            // Goal: the fixed-buffer digits are the `format!` text, past year 9999 too.
+            let seconds = unix_ms / 1000;
+            let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+            let general = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+                seconds % 86_400 / 3600,
+                seconds % 86_400 / 60 % 60,
+                seconds % 60,
+                unix_ms % 1000
+            );
+            prop_assert_eq!(format_rfc3339_ms(unix_ms), general);
+        }
+
         #[test]
         fn rfc3339_round_trips(unix_ms in 0u64..253_402_300_799_000) {
             prop_assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(unix_ms)), Some(unix_ms));

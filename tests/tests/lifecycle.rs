@@ -50,6 +50,31 @@ fn a_task_goes_from_added_to_done_through_the_cli() {
     assert_eq!(node.ok(&["task", "list", "--status", "open"]).as_array().map(Vec::len), Some(0));
 }
 
+/// Listings for people show their first rows and count the rest; `--limit` picks how many
+/// and `--limit 0` shows all; `--json` lists everything unless told a limit.
+#[test]
+fn long_listings_show_their_head_and_count_the_rest() {
+    let node = TestNode::start(BIN);
+    for (id, priority) in [("L-1", "1"), ("L-2", "3"), ("L-3", "2")] {
+        node.ok(&["task", "add", &format!("task {id}"), "--id", id, "--priority", priority]);
+    }
+    let rows = |run: meshwork_tests::Run| -> Vec<String> {
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout.lines().map(|line| line.split_whitespace().next().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(rows(node.cli(&["ready", "--limit", "2"])), ["ID", "L-2", "L-3", "…"]);
+    let cut = node.cli(&["task", "list", "--limit", "1"]);
+    assert!(cut.stdout.ends_with("… and 2 more (--limit N shows N rows, --limit 0 all)\n"), "{cut:?}");
+    assert_eq!(rows(node.cli(&["task", "list", "--limit", "0"])), ["ID", "L-1", "L-2", "L-3"]);
+    assert_eq!(rows(node.cli(&["ready"])), ["ID", "L-2", "L-3", "L-1"]);
+    assert_eq!(node.ok(&["ready"]).as_array().map(Vec::len), Some(3));
+    let first = node.ok(&["ready", "--limit", "1"]);
+    assert_eq!(
+        first.as_array().map(|tasks| tasks.iter().map(|task| task["id"].clone()).collect()),
+        Some(vec![serde_json::json!("L-2")])
+    );
+}
+
 /// Dependencies gate readiness, `claim --next` takes the highest priority ready task, and
 /// release and fail open the task again in a new generation.
 #[test]

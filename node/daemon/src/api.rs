@@ -7,7 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, RawPathParams, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, patch, post};
@@ -16,13 +17,13 @@ use meshwork_protocol::api::{AGENT_HEADER, ClaimTask, REQUEST_ID_HEADER, TaskSta
 use meshwork_protocol::error::{ErrorBody, ErrorEnvelope};
 use meshwork_protocol::event::{EVENTS_PATH, EventEnvelope, EventFilter, EventsQuery, LAST_EVENT_ID_HEADER};
 use meshwork_protocol::limits::{API_BODY_BYTES_MAX, REQUEST_ID_BYTES_MAX};
-use meshwork_protocol::route::{self, EXPORT_PATH, ExportQuery, Method, PathArgs, Route, Stopping};
+use meshwork_protocol::route::{self, EXPORT_PATH, ExportQuery, ListTasks, Method, PathArgs, Route, Stopping};
 use meshwork_protocol::{AgentName, ErrorCode};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventBus, Subscription};
-use crate::queue::{ExportFormat, Mutation, Query, QueueHandle};
+use crate::queue::{Encoded, ExportFormat, ListingAnswer, Mutation, Query, QueueHandle, Reply};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -49,54 +50,68 @@ const ANONYMOUS_AGENT: &str = "anonymous";
 /// Every route of the table, each answered by the queue actor.
 pub(crate) fn router(state: ApiState) -> Router {
     let router = Router::new();
-    let router = serve::<route::Status, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Status).await });
-    let router = serve::<route::Shutdown, _, _>(router, |s, _, (), _| async move {
+    let router =
+        serve::<route::Status, _, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Status).await });
+    let router = serve::<route::Shutdown, _, _, _>(router, |s, _, (), _| async move {
         s.shutdown.cancel();
         Ok(Stopping { stopping: true })
     });
-    let router = serve::<route::TaskList, _, _>(router, |s, _, (), request| async move {
-        let statuses = parse_statuses(request.status.as_deref())?;
-        s.queue.query(|reply| Query::List { statuses, stale: request.stale, reply }).await
+    let router = serve::<route::TaskList, _, _, _>(router, |s, _, (), request| async move {
+        let limit = request.limit;
+        list(s, request, |reply| ListingAnswer::Json { limit, reply }).await
     });
-    let router = serve::<route::TaskAdd, _, _>(router, |s, c, (), add| mutate(s, c, Mutation::AddTask(add)));
-    let router = serve::<route::TaskShow, _, _>(router, |s, _, id, _| async move {
+    let router = serve::<route::TaskListPage, _, _, _>(router, |s, _, (), request| async move {
+        let limit = request.limit;
+        list(s, request, |reply| ListingAnswer::Page { limit, reply }).await
+    });
+    let router = serve::<route::TaskAdd, _, _, _>(router, |s, c, (), add| mutate(s, c, Mutation::AddTask(add)));
+    let router = serve::<route::TaskShow, _, _, _>(router, |s, _, id, _| async move {
         s.queue.query(|reply| Query::Task(id, reply)).await
     });
-    let router = serve::<route::TaskEdit, _, _>(router, |s, c, id, edit| mutate(s, c, Mutation::EditTask(id, edit)));
+    let router = serve::<route::TaskEdit, _, _, _>(router, |s, c, id, edit| mutate(s, c, Mutation::EditTask(id, edit)));
     let router =
-        serve::<route::TaskCancel, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Cancel(id, note.text)));
-    let router = serve::<route::Ready, _, _>(router, |s, _, (), ready| async move {
-        s.queue.query(|reply| Query::Ready { all: ready.all, reply }).await
+        serve::<route::TaskCancel, _, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Cancel(id, note.text)));
+    let router = serve::<route::Ready, _, _, _>(router, |s, _, (), ready| async move {
+        let answer = |reply| ListingAnswer::Json { limit: ready.limit, reply };
+        s.queue.query(|reply| Query::Ready { all: ready.all, answer: answer(reply) }).await
     });
-    let router = serve::<route::Claim, _, _>(router, |s, c, (), claim: ClaimTask| mutate(s, c, Mutation::Claim(claim)));
-    let router = serve::<route::Renew, _, _>(router, |s, c, id, _| mutate(s, c, Mutation::Renew(id)));
-    let router = serve::<route::Release, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Release(id, note.text)));
-    let router = serve::<route::Progress, _, _>(router, |s, c, id, note| {
+    let router = serve::<route::ReadyPage, _, _, _>(router, |s, _, (), ready| async move {
+        let answer = |reply| ListingAnswer::Page { limit: ready.limit, reply };
+        s.queue.query(|reply| Query::Ready { all: ready.all, answer: answer(reply) }).await
+    });
+    let router =
+        serve::<route::Claim, _, _, _>(router, |s, c, (), claim: ClaimTask| mutate(s, c, Mutation::Claim(claim)));
+    let router = serve::<route::Renew, _, _, _>(router, |s, c, id, _| mutate(s, c, Mutation::Renew(id)));
+    let router =
+        serve::<route::Release, _, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Release(id, note.text)));
+    let router = serve::<route::Progress, _, _, _>(router, |s, c, id, note| {
         mutate(s, c, Mutation::Progress(id, note.text, note.percent))
     });
     let router =
-        serve::<route::Handoff, _, _>(router, |s, c, id, handoff| mutate(s, c, Mutation::Handoff(id, handoff)));
-    let router = serve::<route::Done, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Done(id, note.text)));
-    let router = serve::<route::Fail, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Fail(id, note.text)));
-    let router = serve::<route::Approve, _, _>(router, |s, c, id, _| mutate(s, c, Mutation::Approve(id)));
+        serve::<route::Handoff, _, _, _>(router, |s, c, id, handoff| mutate(s, c, Mutation::Handoff(id, handoff)));
+    let router = serve::<route::Done, _, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Done(id, note.text)));
+    let router = serve::<route::Fail, _, _, _>(router, |s, c, id, note| mutate(s, c, Mutation::Fail(id, note.text)));
+    let router = serve::<route::Approve, _, _, _>(router, |s, c, id, _| mutate(s, c, Mutation::Approve(id)));
     let router =
-        serve::<route::Members, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Members).await });
-    let router = serve::<route::Caps, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Caps).await });
+        serve::<route::Members, _, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Members).await });
+    let router = serve::<route::Caps, _, _, _>(router, |s, _, (), _| async move { s.queue.query(Query::Caps).await });
     let router =
-        serve::<route::MeshInvite, _, _>(router, |s, _, (), invite| async move { s.queue.invite(invite.ttl_ms).await });
-    let router = serve::<route::MeshJoin, _, _>(router, |s, _, (), join| async move { s.queue.join(join.token).await });
-    let router = serve::<route::MeshRemove, _, _>(router, |s, _, (), remove| async move {
+        serve::<route::MeshInvite, _, _, _>(
+            router,
+            |s, _, (), invite| async move { s.queue.invite(invite.ttl_ms).await },
+        );
+    let router =
+        serve::<route::MeshJoin, _, _, _>(router, |s, _, (), join| async move { s.queue.join(join.token).await });
+    let router = serve::<route::MeshRemove, _, _, _>(router, |s, _, (), remove| async move {
         let node = remove
             .node_id
             .parse()
             .map_err(|_| ErrorBody::invalid_input(format!("{:?} is not a node id", remove.node_id)))?;
         s.queue.remove_member(node).await
     });
-    let router =
-        serve::<route::Inbox, _, _>(
-            router,
-            |s, c, (), read| async move { s.queue.inbox_read(c.agent, read.unread).await },
-        );
+    let router = serve::<route::Inbox, _, _, _>(router, |s, c, (), read| async move {
+        s.queue.inbox_read(c.agent, read.unread).await
+    });
     router
         .route(EXPORT_PATH, get(export))
         .route(EVENTS_PATH, get(events))
@@ -104,13 +119,31 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// What a handler of a route answering `T` may return: a `T`, or a `T` already encoded.
+trait AnswerOf<T> {
+    fn into_answer(self) -> Response;
+}
+
+impl<T: serde::Serialize> AnswerOf<T> for T {
+    fn into_answer(self) -> Response {
+        json_answer(&self)
+    }
+}
+
+impl<T> AnswerOf<T> for Encoded<T> {
+    fn into_answer(self) -> Response {
+        ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.json).into_response()
+    }
+}
+
 /// Registers route `R`: its request decoded from the path, the query or the body, its answer
 /// encoded as JSON, a failure as the contract's error.
-fn serve<R, F, Fut>(router: Router<ApiState>, handler: F) -> Router<ApiState>
+fn serve<R, F, Fut, A>(router: Router<ApiState>, handler: F) -> Router<ApiState>
 where
     R: Route,
     F: Fn(ApiState, Caller, R::Path, R::Request) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::Answer, ErrorBody>> + Send + 'static,
+    Fut: Future<Output = Result<A, ErrorBody>> + Send + 'static,
+    A: AnswerOf<R::Answer>,
 {
     let handle = move |State(state): State<ApiState>,
                        headers: HeaderMap,
@@ -127,7 +160,7 @@ where
                 handler(state, caller, path, request).await
             };
             match answer.await {
-                Ok(answer) => Json(answer).into_response(),
+                Ok(answer) => answer.into_answer(),
                 Err(error) => ApiError(error).into_response(),
             }
         }
@@ -138,6 +171,18 @@ where
         Method::Patch => patch(handle),
     };
     router.route(R::PATH, method)
+}
+
+/// A successful answer as JSON. Encoded into a `Vec` rather than through axum's `Json`, whose
+/// `BytesMut` writer costs a bounds check and a copy per token: a listing of 20,000 tasks is
+/// 13 MB of JSON (docs/BENCHMARKS.md, "CLI calls").
+fn json_answer<T: serde::Serialize>(answer: &T) -> Response {
+    match serde_json::to_vec(answer) {
+        Ok(bytes) => ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response(),
+        Err(error) => {
+            ApiError(ErrorBody::new(ErrorCode::Internal, format!("cannot encode the answer: {error}"))).into_response()
+        }
+    }
 }
 
 /// A route's request: the query string of a `GET`, else the JSON body (empty: the default).
@@ -159,6 +204,16 @@ async fn mutate(
     mutation: Mutation,
 ) -> Result<meshwork_protocol::api::LiveTaskView, ErrorBody> {
     state.queue.mutate(caller.agent, caller.request_id, mutation).await
+}
+
+/// `task list`, answered as `answer` says.
+async fn list<T: Send + 'static>(
+    state: ApiState,
+    request: ListTasks,
+    answer: impl FnOnce(Reply<T>) -> ListingAnswer,
+) -> Result<T, ErrorBody> {
+    let statuses = parse_statuses(request.status.as_deref())?;
+    state.queue.query(|reply| Query::List { statuses, stale: request.stale, answer: answer(reply) }).await
 }
 
 /// `status=open,claimed`: the statuses a listing keeps; none named keeps all.

@@ -15,7 +15,8 @@ use meshwork_crdt::inbox::Notice;
 use meshwork_crdt::{Applied, OpError, Replica, Speaker, TaskEntry, Touched};
 use meshwork_protocol::NodeId;
 use meshwork_protocol::api::{
-    AddTask, ClaimTask, EditTask, HandoffRequest, LiveTaskView, MemberView, NodeStatus, StorageView, TaskStatus,
+    AddTask, ClaimTask, EditTask, HandoffRequest, LiveTaskView, MemberView, NodeStatus, StorageView, TaskPage,
+    TaskStatus,
 };
 use meshwork_protocol::api::{InviteView, JoinedView, MessageView};
 use meshwork_protocol::error::ErrorBody;
@@ -67,20 +68,67 @@ pub(crate) enum Mutation {
 #[derive(Debug)]
 pub(crate) enum Query {
     Task(TaskId, Reply<LiveTaskView>),
-    /// The tasks of these statuses (all: none named); with `stale`, only stale ones.
+    /// The tasks in these statuses (all when none), in id order; with `stale`, only stale ones.
     List {
         statuses: Vec<TaskStatus>,
         stale: bool,
-        reply: Reply<Vec<LiveTaskView>>,
+        answer: ListingAnswer,
     },
+    /// The tasks an agent may claim (ready, or stale: a takeover) in claim order, for any
+    /// machine (`all`) or only this one.
     Ready {
         all: bool,
-        reply: Reply<Vec<LiveTaskView>>,
+        answer: ListingAnswer,
     },
     Export(ExportFormat, Reply<Vec<u8>>),
     Members(Reply<Vec<MemberView>>),
     Caps(Reply<Probe>),
     Status(Reply<NodeStatus>),
+}
+
+/// How a listing (`task list`, `ready`) is answered; `limit` keeps its first tasks.
+#[derive(Debug)]
+pub(crate) enum ListingAnswer {
+    /// The JSON array of the task objects, encoded task by task as the actor builds them
+    /// (`GET /v1/tasks`, `GET /v1/ready`).
+    Json { limit: Option<usize>, reply: Reply<Encoded<Vec<LiveTaskView>>> },
+    /// The first task objects and the listing's size (`GET /v1/pages/...`).
+    Page { limit: Option<usize>, reply: Reply<TaskPage> },
+}
+
+impl ListingAnswer {
+    /// Answers with the tasks of `listed` at `now_ms`: task objects are built only for those
+    /// answered.
+    fn send(self, replica: &Replica, listed: &[&TaskEntry], now_ms: u64) {
+        let head = |limit: Option<usize>| &listed[..limit.map_or(listed.len(), |limit| limit.min(listed.len()))];
+        match self {
+            ListingAnswer::Json { limit, reply } => {
+                let _ = reply.send(Ok(Encoded::task_views(replica, head(limit), now_ms)));
+            }
+            ListingAnswer::Page { limit, reply } => {
+                let page = TaskPage {
+                    total: listed.len(),
+                    tasks: replica.live_task_views_of(head(limit).iter().copied(), now_ms),
+                };
+                let _ = reply.send(Ok(page));
+            }
+        }
+    }
+}
+
+/// The JSON text of an answer of type `T`, encoded where it was built: the actor writes a long
+/// listing task by task instead of handing over every task object for the HTTP layer to encode
+/// (docs/BENCHMARKS.md, "CLI calls").
+#[derive(Debug)]
+pub(crate) struct Encoded<T> {
+    pub(crate) json: Vec<u8>,
+    answer: std::marker::PhantomData<fn() -> T>,
+}
+
+impl Encoded<Vec<LiveTaskView>> {
+    fn task_views(replica: &Replica, entries: &[&TaskEntry], now_ms: u64) -> Encoded<Vec<LiveTaskView>> {
+        Encoded { json: replica.live_task_views_json(entries, now_ms), answer: std::marker::PhantomData }
+    }
 }
 
 /// The shapes `GET /v1/export` writes.
@@ -712,27 +760,23 @@ impl QueueActor {
             Query::Task(id, reply) => {
                 let _ = reply.send(self.task_answer(&id));
             }
-            Query::List { statuses, stale, reply } => {
+            Query::List { statuses, stale, answer } => {
                 let now = now_ms();
                 let tasks: Vec<&TaskEntry> =
                     if stale { replica.stale_tasks(now) } else { replica.tasks().values().collect() };
-                let views = tasks
+                let listed: Vec<&TaskEntry> = tasks
                     .into_iter()
                     .filter(|entry| statuses.is_empty() || statuses.contains(&entry.state.status))
-                    .map(|entry| replica.live_task_view(entry, now))
                     .collect();
-                let _ = reply.send(Ok(views));
+                answer.send(replica, &listed, now);
             }
-            Query::Ready { all, reply } => {
-                // Open ready tasks and stale ones (a takeover), in claim order.
+            Query::Ready { all, answer } => {
                 let now = now_ms();
-                let views = replica
-                    .ready_tasks_at(now)
-                    .into_iter()
-                    .filter(|entry| all || replica.unmet_here(entry).is_empty())
-                    .map(|entry| replica.live_task_view(entry, now))
-                    .collect();
-                let _ = reply.send(Ok(views));
+                let mut listed = replica.ready_tasks_at(now);
+                if !all {
+                    listed.retain(|entry| replica.unmet_here(entry).is_empty());
+                }
+                answer.send(replica, &listed, now);
             }
             Query::Export(format, reply) => {
                 let bytes = match format {

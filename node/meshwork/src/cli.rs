@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshwork_protocol::TaskId;
 use meshwork_protocol::api::{
     AddTask, ClaimTask, EditTask, HandoffRequest, InboxRead, InviteRequest, JoinMesh, LiveTaskView, RemoveMember,
-    TaskNote, TaskStatus,
+    TaskNote, TaskPage, TaskStatus,
 };
 use meshwork_protocol::event::EventsQuery;
 use meshwork_protocol::route::{self, Empty, ExportQuery, ListTasks, ReadyQuery, Route};
@@ -76,11 +76,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: TaskCommand,
     },
-    /// List the tasks ready for this machine
+    /// List the tasks ready for this machine, best first
     Ready {
         /// Ready for any machine of the mesh, not only this one
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        limit: LimitArg,
     },
     /// Claim a task, or with --next the best task ready for this machine
     Claim {
@@ -196,6 +198,15 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         finish: bool,
     },
+    /// One `meshwork` process per call (ready, task list, task add, claim, done) by queue size
+    Cli {
+        /// Queue sizes, one group of rows each
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000, 20_000])]
+        tasks: Vec<usize>,
+        /// Timed processes per row
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Nodes on loopback: claim propagation, a conflict storm, and an offline node's merge
     Mesh {
         /// Nodes in the mesh for propagation and the conflict storm
@@ -267,6 +278,8 @@ pub(crate) enum TaskCommand {
         /// Only stale tasks: claimed, but the holder's lease ran out (`ready` offers them)
         #[arg(long)]
         stale: bool,
+        #[command(flatten)]
+        limit: LimitArg,
     },
     /// Change a task; what is not named stays as it is
     #[command(allow_negative_numbers = true)]
@@ -285,6 +298,33 @@ pub(crate) enum TaskCommand {
         reason: Option<String>,
     },
 }
+
+/// `--limit N` of the listings (`ready`, `task list`).
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct LimitArg {
+    /// Show at most N rows, 0 for all [default: 20 for ready, 50 for task list]. With --json the
+    /// listing is complete unless --limit is given
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+impl LimitArg {
+    /// The `limit` of the listing's query: for people the first `rows_default` rows unless
+    /// told otherwise, under `--json` everything unless told otherwise; 0 is no limit.
+    fn query_limit(self, json: bool, rows_default: usize) -> Option<usize> {
+        match self.limit {
+            Some(0) => None,
+            Some(limit) => Some(limit),
+            None if json => None,
+            None => Some(rows_default),
+        }
+    }
+}
+
+/// Rows `ready` shows people unless `--limit` says otherwise.
+const READY_ROWS_DEFAULT: usize = 20;
+/// Rows `task list` shows people unless `--limit` says otherwise.
+const LIST_ROWS_DEFAULT: usize = 50;
 
 /// `meshwork claim ID` or `meshwork claim --next`: exactly one of the two.
 #[derive(Debug, Args)]
@@ -475,6 +515,7 @@ fn execute(cli: Cli) -> Result<(), ErrorBody> {
             let measured = match command {
                 BenchCommand::Node { ops, clients } => crate::bench::node(ops, &clients),
                 BenchCommand::ColdStart { tasks, starts, finish } => crate::bench::cold_start(tasks, starts, finish),
+                BenchCommand::Cli { tasks, runs } => crate::bench::cli(&tasks, runs),
                 BenchCommand::Mesh { nodes, tasks, ops } => crate::bench::mesh(usize::from(nodes), tasks, ops),
             };
             measured.map_err(|error| error_body(&error))
@@ -582,19 +623,39 @@ impl Session<'_> {
         let reply = client.send::<R>(&path, &request).await?;
         drop(client);
         if self.global.json {
-            serde_json::from_slice::<serde::de::IgnoredAny>(reply.bytes())
-                .map_err(|error| internal("the node's answer is not JSON", error))?;
-            return output::print_json_text(reply.bytes());
+            // The node wrote these bytes with serde_json and HTTP framed them, so they are one
+            // JSON document; parsing 13 MB to check again cost more than the rest of the
+            // command (docs/BENCHMARKS.md, "CLI calls"). A cheap look still refuses anything
+            // that is plainly not one object or array.
+            if !output::looks_like_one_json_document(reply.chunks()) {
+                return Err(ErrorBody::new(ErrorCode::Internal, "the node's answer is not a JSON object or array"));
+            }
+            return output::print_json_chunks(reply.chunks());
         }
         match reply.decode() {
             Ok(answer) => output::print_text(&render(&answer)),
             Err(error) => {
                 eprintln!("warning: {}; showing the answer as JSON", error.message);
                 let value: serde_json::Value =
-                    serde_json::from_slice(reply.bytes()).map_err(|error| internal("the node's answer", error))?;
+                    serde_json::from_slice(&reply.bytes()).map_err(|error| internal("the node's answer", error))?;
                 let text = serde_json::to_string_pretty(&value).map_err(|error| internal("the answer", error))?;
                 output::print_text(&(text + "\n"))
             }
+        }
+    }
+
+    /// A listing (`ready`, `task list`): under `--json` route `Full`'s array, else route
+    /// `Page`'s first rows and the count of the rest. People read the top of a long list,
+    /// and only the rows shown cross the socket.
+    async fn listing<Full, Page>(&self, query: Full::Request) -> Result<(), ErrorBody>
+    where
+        Full: Route<Path = (), Answer = Vec<LiveTaskView>>,
+        Page: Route<Path = (), Request = Full::Request, Answer = TaskPage>,
+    {
+        if self.global.json {
+            self.call::<Full>((), query, |tasks| output::task_table(tasks)).await
+        } else {
+            self.call::<Page>((), query, output::task_page).await
         }
     }
 
@@ -660,7 +721,10 @@ async fn dispatch(session: &Session<'_>, command: Command) -> Result<(), ErrorBo
             print_answer(global.json, &stopping, |_| format!("stopped the node for {}\n", home.display()))
         }
         Command::Task { command } => run_task_command(session, command).await,
-        Command::Ready { all } => session.call::<route::Ready>((), ReadyQuery { all }, |t| output::task_table(t)).await,
+        Command::Ready { all, limit } => {
+            let query = ReadyQuery { all, limit: limit.query_limit(global.json, READY_ROWS_DEFAULT) };
+            session.listing::<route::Ready, route::ReadyPage>(query).await
+        }
         Command::Claim { target, quorum, timeout } => {
             let request = ClaimTask { task: target.id, next: target.next, quorum, timeout_ms: timeout };
             session.on_task::<route::Claim>((), request, TaskAction::Claimed).await
@@ -747,10 +811,11 @@ async fn run_task_command(session: &Session<'_>, command: TaskCommand) -> Result
     match command {
         TaskCommand::Add(add) => session.on_task::<route::TaskAdd>((), add, TaskAction::Added).await,
         TaskCommand::Show { id } => session.on_task::<route::TaskShow>(task_id(&id)?, Empty {}, TaskAction::Show).await,
-        TaskCommand::List { statuses, stale } => {
+        TaskCommand::List { statuses, stale, limit } => {
             let status = statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>().join(",");
-            let request = ListTasks { status: (!status.is_empty()).then_some(status), stale };
-            session.call::<route::TaskList>((), request, |tasks| output::task_table(tasks)).await
+            let limit = limit.query_limit(session.global.json, LIST_ROWS_DEFAULT);
+            let request = ListTasks { status: (!status.is_empty()).then_some(status), stale, limit };
+            session.listing::<route::TaskList, route::TaskListPage>(request).await
         }
         TaskCommand::Edit { id, edit: request } => {
             let id = task_id(&id)?;
@@ -961,6 +1026,10 @@ mod tests {
             call_for(&["claim", "W-1"]),
             call_for(&["task", "list", "--status", "open", "--status", "claimed"]),
             call_for(&["ready", "--all"]),
+            call_for(&["ready", "--json"]),
+            call_for(&["ready", "--limit", "0"]),
+            call_for(&["task", "list", "--json", "--limit", "5"]),
+            call_for(&["task", "list", "--status", "open", "--limit", "3"]),
             call_for(&["progress", "W.1", "half way", "--percent", "50"]),
             call_for(&["task", "edit", "W-1", "--lease", "30m", "--requires", "os=linux"]),
             call_for(&["task", "edit", "W-1"]),
@@ -975,8 +1044,12 @@ mod tests {
         expect_test::expect![[r#"
             POST /v1/claim {"next":true,"quorum":false,"task":null,"timeout_ms":null}
             POST /v1/claim {"next":false,"quorum":false,"task":"W-1","timeout_ms":null}
-            GET /v1/tasks?status=open%2Cclaimed 
-            GET /v1/ready?all=true 
+            GET /v1/pages/tasks?status=open%2Cclaimed&limit=50 
+            GET /v1/pages/ready?all=true&limit=20 
+            GET /v1/ready?all=false 
+            GET /v1/pages/ready?all=false 
+            GET /v1/tasks?limit=5 
+            GET /v1/pages/tasks?status=open&limit=3 
             POST /v1/tasks/W%2E1/progress {"percent":50,"text":"half way"}
             PATCH /v1/tasks/W-1 {"after":[],"description":null,"lease_ms":1800000,"max_attempts":null,"not_after":[],"prefers":null,"priority":null,"requires":["os=linux"],"title":null}
             error: USAGE: nothing to change; pass at least one of --title, --description, --priority, --after, --not-after, --requires, --prefers, --lease, --max-attempts

@@ -6,7 +6,8 @@ use std::io::Write;
 
 use meshwork_crdt::export::MemberView;
 use meshwork_protocol::api::{
-    HandoffView, InitView, LiveTaskView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskStatus, TaskView,
+    HandoffView, InitView, LiveTaskView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskPage, TaskStatus,
+    TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
 use meshwork_protocol::event::{Event, EventEnvelope};
@@ -24,6 +25,46 @@ pub(crate) fn print_text(text: &str) -> Result<(), ErrorBody> {
 pub(crate) fn print_json_text(json: &[u8]) -> Result<(), ErrorBody> {
     write_stdout(json.trim_ascii())?;
     write_stdout(b"\n")
+}
+
+/// Writes a JSON document that came in pieces (a long listing), ending it with a newline.
+/// Straight to the file descriptor: stdout's line buffer would first scan all of the
+/// megabytes for a newline.
+pub(crate) fn print_json_chunks(chunks: &[impl AsRef<[u8]>]) -> Result<(), ErrorBody> {
+    use std::os::fd::AsFd;
+    let cannot =
+        |error: std::io::Error| ErrorBody::new(ErrorCode::Internal, format!("cannot write to stdout: {error}"));
+    std::io::stdout().flush().map_err(cannot)?;
+    let mut stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned().map_err(cannot)?);
+    let mut pieces = trimmed(chunks);
+    pieces.push(b"\n");
+    for piece in pieces {
+        match stdout.write_all(piece) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(error) => return Err(cannot(error)),
+        }
+    }
+    Ok(())
+}
+
+/// The pieces of a text without the whitespace before its first and after its last
+/// non-whitespace byte.
+fn trimmed(chunks: &[impl AsRef<[u8]>]) -> Vec<&[u8]> {
+    let mut pieces: Vec<&[u8]> = chunks.iter().map(AsRef::as_ref).collect();
+    while pieces.first().is_some_and(|piece| piece.trim_ascii_start().is_empty()) {
+        pieces.remove(0);
+    }
+    while pieces.last().is_some_and(|piece| piece.trim_ascii_end().is_empty()) {
+        pieces.pop();
+    }
+    if let Some(first) = pieces.first_mut() {
+        *first = first.trim_ascii_start();
+    }
+    if let Some(last) = pieces.last_mut() {
+        *last = last.trim_ascii_end();
+    }
+    pieces
 }
 
 /// Writes `{"error": {...}}` on stdout, the `--json` shape of every failure.
@@ -253,6 +294,40 @@ pub(crate) fn task_table(tasks: &[LiveTaskView]) -> String {
         })
         .collect();
     table(&["ID", "STATUS", "PRI", "HOLDER", "TITLE"], &rows)
+}
+
+/// `ready` and `task list` for people: the first rows, then how many more the listing holds
+/// and how to see them.
+pub(crate) fn task_page(page: &TaskPage) -> String {
+    let mut out = task_table(&page.tasks);
+    let rest = page.total.saturating_sub(page.tasks.len());
+    if rest > 0 {
+        out.push_str(&format!("… and {} more (--limit N shows N rows, --limit 0 all)\n", thousands(rest)));
+    }
+    out
+}
+
+/// A count with commas between thousands: `20,000`.
+pub(crate) fn thousands(number: usize) -> String {
+    let digits = number.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Whether a text in pieces looks like one JSON object or array: a first `{` or `[` and the
+/// matching last byte, around any whitespace. A cheap check on what the node's JSON encoder
+/// wrote, not a parse.
+pub(crate) fn looks_like_one_json_document(chunks: &[impl AsRef<[u8]>]) -> bool {
+    let pieces = trimmed(chunks);
+    let first = pieces.first().and_then(|piece| piece.first());
+    let last = pieces.last().and_then(|piece| piece.last());
+    matches!((first, last), (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']')))
 }
 
 /// `node status`: the node, then its peers.
@@ -645,6 +720,52 @@ mod tests {
         "#]]
         .assert_eq(&task_table(&tasks));
         expect_test::expect!["no tasks\n"].assert_eq(&task_table(&[]));
+    }
+
+    /// A page of a long listing shows its rows, then how many more there are and how to see
+    /// them; a complete page shows no such line.
+    #[test]
+    fn task_page_counts_the_rows_it_leaves_out() {
+        let tasks =
+            vec![live(sample_task("WRK-1", "Write docs")), live(claimed(sample_task("WRK-2", "Fix the build")))];
+        let cut = TaskPage { total: 5_002, tasks: tasks.clone() };
+        expect_test::expect![[r#"
+            ID     STATUS   PRI  HOLDER           TITLE
+            WRK-1  open     0    -                Write docs
+            WRK-2  claimed  0    claude-1@laptop  Fix the build
+            … and 5,000 more (--limit N shows N rows, --limit 0 all)
+        "#]]
+        .assert_eq(&task_page(&cut));
+        let whole = TaskPage { total: 2, tasks };
+        expect_test::expect![[r#"
+            ID     STATUS   PRI  HOLDER           TITLE
+            WRK-1  open     0    -                Write docs
+            WRK-2  claimed  0    claude-1@laptop  Fix the build
+        "#]]
+        .assert_eq(&task_page(&whole));
+        expect_test::expect!["no tasks\n"].assert_eq(&task_page(&TaskPage { total: 0, tasks: Vec::new() }));
+    }
+
+    /// Counts are grouped by thousands.
+    #[test]
+    fn thousands_are_separated_by_commas() {
+        let shown = [0, 7, 999, 1_000, 4_980, 20_000, 1_234_567].map(thousands);
+        assert_eq!(shown, ["0", "7", "999", "1,000", "4,980", "20,000", "1,234,567"]);
+    }
+
+    /// `--json` answers pass a cheap look instead of a parse: one object or array.
+    #[test]
+    fn json_documents_are_recognised_by_their_ends() {
+        for good in [&b"[]"[..], b" {\"a\":1}\n", b"[{\"id\":\"W-1\"}]"] {
+            assert!(looks_like_one_json_document(&[good]), "{good:?}");
+        }
+        assert!(looks_like_one_json_document(&[&b" \n"[..], b" [{\"id\"", b":1}", b"] ", b"\n"]));
+        assert_eq!(trimmed(&[&b" \n"[..], b" [1,", b"2] ", b"\n"]), [&b"[1,"[..], b"2]"]);
+        for bad in [&b""[..], b"  ", b"<html>", b"[{}", b"{]", b"null"] {
+            assert!(!looks_like_one_json_document(&[bad]), "{bad:?}");
+        }
+        let nothing: [&[u8]; 0] = [];
+        assert!(!looks_like_one_json_document(&nothing));
     }
 
     /// `task show` puts every part of a task in a block people can scan.
