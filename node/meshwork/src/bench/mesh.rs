@@ -1,19 +1,6 @@
-//! `meshwork bench`: measures a real node process from the outside and prints a table.
-//!
-//! - `bench node`: durable mutations (`task add`) through the local API, with 1 and 16
-//!   concurrent clients; latency percentiles, throughput, and fsyncs per operation.
-//! - `bench cold-start`: fills a home with many tasks, stops the node cleanly, then times
-//!   starts until the first answer and reads the process's peak RSS.
-//! - `bench mesh`: nodes on loopback joined in one mesh; how fast a claim reaches every node,
-//!   how a storm of conflicting claims settles, and how an offline node's work merges.
-//! - `bench cli`: one `meshwork` process per call (reads and mutations) against a node
-//!   holding 1,000, 5,000 and 20,000 tasks; what a user or an agent's shell waits for.
-//!
-//! Figures and the commands that produced them are kept in docs/BENCHMARKS.md.
+//! `bench mesh`: nodes on loopback joined in one mesh.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,267 +8,14 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use meshwork_protocol::ErrorCode;
 use meshwork_protocol::TaskId;
-use meshwork_protocol::api::{
-    AddTask, ClaimTask, InviteRequest, JoinMesh, LiveTaskView, NodeStatus, TaskNote, TaskStatus,
-};
+use meshwork_protocol::api::{AddTask, ClaimTask, InviteRequest, JoinMesh, LiveTaskView, NodeStatus, TaskStatus};
+use meshwork_protocol::event::{Event, EventsQuery};
 use meshwork_protocol::route::{self, Empty, ListTasks};
+use meshwork_protocol::time::parse_rfc3339_ms;
 
 use meshwork_client::Client;
 
-/// How long a benchmarked node may take to answer after it was started.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// `node start` flags of a mesh node: loopback only, ports chosen by the OS, no mDNS (the
-/// nodes find each other through invites, not the LAN).
-const LOOPBACK_START: [&str; 5] =
-    ["--no-mdns", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"];
-
-/// A node process in a temporary home, stopped and removed on drop.
-/// Milliseconds since the Unix epoch, to give each bench home a name of its own.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-struct BenchNode {
-    home: PathBuf,
-    child: Option<Child>,
-}
-
-impl BenchNode {
-    fn create(label: &str) -> anyhow::Result<BenchNode> {
-        BenchNode::create_named(label, "bench")
-    }
-
-    fn create_named(label: &str, name: &str) -> anyhow::Result<BenchNode> {
-        let stamp = now_ms();
-        let home = std::env::temp_dir().join(format!("meshwork-bench-{label}-{}-{stamp}", std::process::id()));
-        let status = meshwork(&home).args(["init", "--name", name]).stdout(Stdio::null()).status()?;
-        if !status.success() {
-            bail!("meshwork init failed for {}", home.display());
-        }
-        Ok(BenchNode { home, child: None })
-    }
-
-    /// Starts the node `--offline` and waits for its first answer; returns the time that took.
-    async fn start(&mut self) -> anyhow::Result<Duration> {
-        self.start_with(&["--offline"]).await
-    }
-
-    /// Starts the node on loopback, reachable by the other bench nodes.
-    async fn start_online(&mut self) -> anyhow::Result<Duration> {
-        self.start_with(&LOOPBACK_START).await
-    }
-
-    /// Starts the node with these `node start` flags; its warnings go to [`Self::log_path`].
-    async fn start_with(&mut self, flags: &[&str]) -> anyhow::Result<Duration> {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("cannot open {}", self.log_path().display()))?;
-        let started = Instant::now();
-        let child = meshwork(&self.home)
-            .args(["node", "start"])
-            .args(flags)
-            .env("MESHWORK_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start the node")?;
-        self.child = Some(child);
-        while started.elapsed() < START_TIMEOUT {
-            if let Ok(mut client) = Client::connect(&self.home).await
-                && client.call::<route::Status>(&(), &Empty {}).await.is_ok()
-            {
-                return Ok(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        bail!("the node did not answer within {START_TIMEOUT:?}")
-    }
-
-    async fn status(&self) -> anyhow::Result<NodeStatus> {
-        let mut client = Client::connect(&self.home).await?;
-        Ok(client.call::<route::Status>(&(), &Empty {}).await?)
-    }
-
-    /// The node's stderr, kept beside the home (and removed with it).
-    fn log_path(&self) -> PathBuf {
-        self.home.with_extension("log")
-    }
-
-    /// The warnings and errors the node logged so far.
-    fn logged_warnings(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        text.lines().filter(|line| line.contains(" WARN ") || line.contains(" ERROR ")).map(str::to_owned).collect()
-    }
-
-    /// Stops the node through the API (it compacts its log) and waits for it to exit.
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        let mut client = Client::connect(&self.home).await?;
-        client.call::<route::Shutdown>(&(), &Empty {}).await?;
-        if let Some(mut child) = self.child.take() {
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Peak resident memory of the node process, from /proc, in bytes.
-    fn peak_rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    }
-}
-
-impl Drop for BenchNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.home);
-        let _ = std::fs::remove_file(self.log_path());
-    }
-}
-
-fn meshwork(home: &Path) -> Command {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("meshwork"));
-    let mut command = Command::new(exe);
-    command.arg("--home").arg(home);
-    command
-}
-
-/// Adds `count` tasks from one client, and with `finish` claims and finishes each (three
-/// signed records a task); returns each addition's latency.
-async fn add_tasks(home: &Path, client_index: usize, count: usize, finish: bool) -> anyhow::Result<Vec<Duration>> {
-    let mut client = Client::connect(home).await?.with_agent(&format!("bench-{client_index}"))?;
-    let mut latencies = Vec::with_capacity(count);
-    for index in 0..count {
-        let request = AddTask {
-            title: format!("bench task {client_index}-{index}"),
-            priority: i64::try_from(index % 10).unwrap_or(0),
-            ..AddTask::default()
-        };
-        let started = Instant::now();
-        let added = client.call::<route::TaskAdd>(&(), &request).await?;
-        latencies.push(started.elapsed());
-        if finish {
-            let id = added.task.id;
-            let claim = ClaimTask { task: Some(id.as_str().to_owned()), ..ClaimTask::default() };
-            client.call::<route::Claim>(&(), &claim).await?;
-            let working = TaskNote { text: "working".to_owned(), percent: None };
-            client.call::<route::Progress>(&id, &working).await?;
-            client.call::<route::Done>(&id, &TaskNote { text: "done".to_owned(), percent: None }).await?;
-        }
-    }
-    Ok(latencies)
-}
-
-/// Runs `clients` concurrent clients adding `ops` tasks in all; returns latencies and wall time.
-async fn concurrent_adds(
-    home: &Path,
-    clients: usize,
-    ops: usize,
-    finish: bool,
-) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client_index in 0..clients {
-        let home = home.to_owned();
-        let share = ops / clients + usize::from(client_index < ops % clients);
-        tasks.push(tokio::spawn(async move { add_tasks(&home, client_index, share, finish).await }));
-    }
-    let mut latencies = Vec::with_capacity(ops);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    Ok((latencies, started.elapsed()))
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-/// `meshwork bench node`.
-pub(crate) fn node(ops: usize, clients: &[usize]) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut node = BenchNode::create("node")?;
-        node.start().await?;
-        concurrent_adds(&node.home, 1, 200, false).await?; // warm up
-        println!("durable mutations (task add) through the local API, {ops} per row");
-        println!(
-            "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10}",
-            "clients", "p50 ms", "p99 ms", "max ms", "ops/s", "fsyncs/op"
-        );
-        for &count in clients {
-            let before = node.status().await?.storage;
-            let (mut latencies, wall) = concurrent_adds(&node.home, count, ops, false).await?;
-            let after = node.status().await?.storage;
-            latencies.sort();
-            let fsyncs = (after.fsyncs - before.fsyncs) as f64 / ops as f64;
-            println!(
-                "{count:>7} {:>9.3} {:>9.3} {:>9.3} {:>10.0} {fsyncs:>10.2}",
-                millis(percentile(&latencies, 0.5)),
-                millis(percentile(&latencies, 0.99)),
-                millis(percentile(&latencies, 1.0)),
-                ops as f64 / wall.as_secs_f64(),
-            );
-        }
-        node.stop().await
-    })
-}
-
-/// `meshwork bench cold-start`.
-pub(crate) fn cold_start(tasks: usize, starts: usize, finish: bool) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut node = BenchNode::create("cold")?;
-        node.start().await?;
-        let filling = Instant::now();
-        concurrent_adds(&node.home, 16, tasks, finish).await?;
-        let records = if finish { " (each claimed, with progress, done)" } else { "" };
-        println!("filled {tasks} tasks{records} in {:.1} s", filling.elapsed().as_secs_f64());
-        node.stop().await?;
-        let disk = dir_bytes(&node.home.join("doc"));
-        println!("document on disk: {:.1} MiB", disk as f64 / (1024.0 * 1024.0));
-        println!("{:>5} {:>16} {:>14} {:>8}", "start", "first answer ms", "peak RSS MiB", "tasks");
-        for index in 1..=starts {
-            let ready = node.start().await?;
-            let status = node.status().await?;
-            let rss = node.peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
-            println!("{index:>5} {:>16.0} {rss:>14.1} {:>8}", millis(ready), status.tasks);
-            if status.tasks != tasks {
-                bail!("the node came back with {} tasks, not {tasks}", status.tasks);
-            }
-            node.stop().await?;
-        }
-        Ok(())
-    })
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.metadata().ok())
-        .map(|meta| meta.len())
-        .sum()
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
-}
+use super::{BenchNode, concurrent_adds, met_or_not, millis, percentile, print_node_warnings, runtime, statuses};
 
 /// How long forming a mesh, spreading tasks or converging may take before the bench gives up.
 const MESH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -303,8 +37,6 @@ const OPS_PER_TASK: usize = 4;
 const INVITE_TTL_MS: u64 = 600_000;
 /// Sync traffic counts as finished once a node's counters stood still this long.
 const SYNC_QUIET: Duration = Duration::from_millis(500);
-/// Warnings quoted per node at the end.
-const WARNINGS_QUOTED_MAX: usize = 5;
 
 /// `meshwork bench mesh`.
 pub(crate) fn mesh(nodes: usize, tasks: usize, ops: usize) -> anyhow::Result<()> {
@@ -314,6 +46,7 @@ pub(crate) fn mesh(nodes: usize, tasks: usize, ops: usize) -> anyhow::Result<()>
         conflict_storm(&mesh, tasks).await?;
         mesh.print_warnings();
         drop(mesh);
+        lost_claim_events(tasks).await?;
         offline_merge(ops).await
     })
 }
@@ -430,17 +163,6 @@ impl Mesh {
         for (index, node) in self.nodes.iter().enumerate() {
             print_node_warnings(&format!("node {}", index + 1), node);
         }
-    }
-}
-
-fn print_node_warnings(label: &str, node: &BenchNode) {
-    let warnings = node.logged_warnings();
-    if warnings.is_empty() {
-        return;
-    }
-    println!("{label} logged {} warnings or errors; the first:", warnings.len());
-    for line in warnings.iter().take(WARNINGS_QUOTED_MAX) {
-        println!("  {line}");
     }
 }
 
@@ -867,180 +589,99 @@ async fn same_statuses(nodes: &[BenchNode]) -> anyhow::Result<bool> {
     Ok(views.windows(2).all(|pair| pair[0] == pair[1]))
 }
 
-fn met_or_not(met: bool) -> &'static str {
-    if met { "**met**" } else { "**not met**" }
-}
+/// The issue's bound from a merge to the lost-claim event on the loser's stream (p99), and
+/// what to aim for.
+const LOST_EVENT_GOAL: Duration = Duration::from_secs(1);
+const LOST_EVENT_AIM: Duration = Duration::from_millis(50);
 
-/// The `task list` filter of these statuses (`open,claimed`).
-fn statuses(statuses: &str) -> ListTasks {
-    ListTasks { status: Some(statuses.to_owned()), stale: false, limit: None }
-}
+/// Lost-claim events: node 2 of a two-node mesh goes offline, both nodes claim the same
+/// `tasks` tasks, node 2 comes back. For every claim node 1's agent lost, the time from the
+/// merge to the `claim_lost` event on that agent's stream, which was open before node 2
+/// came back: the event's `at` is when node 1 published it, in the step that took in the
+/// records deciding it (the merge), and the bench notes when it arrived. Both clocks are
+/// this machine's.
+async fn lost_claim_events(tasks: usize) -> anyhow::Result<()> {
+    println!();
+    let mut mesh = Mesh::form("lost", 2).await?;
+    let ids = mesh.add_everywhere("contested", tasks).await?;
+    mesh.nodes[1].stop().await?;
+    mesh.nodes[1].start().await?;
+    let mut alpha = Client::connect(&mesh.nodes[0].home).await?.with_agent("alpha")?;
+    let mut beta = Client::connect(&mesh.nodes[1].home).await?.with_agent("beta")?;
+    let mut alpha_claims = BTreeMap::new();
+    for id in &ids {
+        let claim = ClaimTask { task: Some(id.clone()), ..ClaimTask::default() };
+        beta.call::<route::Claim>(&(), &claim).await.context("node 2 claims offline")?;
+        let claimed = alpha.call::<route::Claim>(&(), &claim).await.context("node 1 claims alone")?;
+        let holder = claimed.task.holder.context("node 1's claim answered without a holder")?;
+        alpha_claims.insert(holder.claim_id, id.clone());
+    }
+    let query = EventsQuery { agent: Some("alpha".to_owned()), kind: Some("claim_lost".to_owned()), after: None };
+    let mut stream = Client::connect(&mesh.nodes[0].home).await?.events(&query, None).await?;
+    let (arrivals_in, mut arrivals) = tokio::sync::mpsc::channel(tasks + 16);
+    let listener = tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            let arrived_ms = super::now_ms();
+            if arrivals_in.send((event?, arrived_ms)).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
 
-/// Processes timed per row of `bench cli` before the timed ones, so the binary and the
-/// node's answer paths are warm.
-const CLI_WARM_UP_RUNS: usize = 3;
-/// How many tasks `bench cli` adds at once while it fills the node.
-const CLI_FILL_CLIENTS: usize = 16;
-/// The read goals of `bench cli`: p50 at or under this many milliseconds, by queue size.
-const CLI_READ_GOALS_MS: [(usize, f64); 2] = [(5_000, 15.0), (20_000, 50.0)];
-/// The mutation goal of `bench cli`: p50 at or under this many milliseconds.
-const CLI_MUTATION_GOAL_MS: f64 = 2.0;
-
-/// What one row of `bench cli` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CliRow {
-    /// `meshwork --version`: the process alone, no node.
-    Version,
-    /// `task show ID --json`: one small query.
-    Show,
-    Ready,
-    ReadyJson,
-    ListJson,
-    List,
-    Add,
-    Claim,
-    Done,
-}
-
-impl CliRow {
-    const ALL: [CliRow; 9] = [
-        CliRow::Version,
-        CliRow::Show,
-        CliRow::Ready,
-        CliRow::ReadyJson,
-        CliRow::ListJson,
-        CliRow::List,
-        CliRow::Add,
-        CliRow::Claim,
-        CliRow::Done,
-    ];
-
-    /// The command line after `meshwork --home HOME --agent bench`; `id` is the task a row
-    /// about one task names.
-    fn args(self, id: &str) -> Vec<String> {
-        let words: &[&str] = match self {
-            CliRow::Version => &["--version"],
-            CliRow::Show => &["task", "show", id, "--json"],
-            CliRow::Ready => &["ready"],
-            CliRow::ReadyJson => &["ready", "--json"],
-            CliRow::ListJson => &["task", "list", "--json"],
-            CliRow::List => &["task", "list"],
-            CliRow::Add => &["task", "add", "a task added by bench cli"],
-            CliRow::Claim => &["claim", id],
-            CliRow::Done => &["done", id],
+    mesh.nodes[1].stop().await?;
+    let started = Instant::now();
+    mesh.nodes[1].start_online().await?;
+    let (_, holders) = agreed_holders(&mesh, &ids).await?;
+    let lost: BTreeMap<&String, &String> =
+        alpha_claims.iter().filter(|(claim, _)| !holders.contains(claim)).collect();
+    let mut latencies = Vec::with_capacity(lost.len());
+    let mut since_start = Vec::with_capacity(lost.len());
+    let mut told = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + MESH_TIMEOUT;
+    while told.len() < lost.len() {
+        let Ok(Some((envelope, arrived_ms))) = tokio::time::timeout_at(deadline, arrivals.recv()).await else {
+            bail!("node 1's stream told {} of the {} claims it lost within {MESH_TIMEOUT:?}", told.len(), lost.len());
         };
-        words.iter().map(|word| (*word).to_owned()).collect()
-    }
-
-    fn label(self) -> String {
-        let args = self.args("ID");
-        format!("`{}`", args.join(" ").replace("a task added by bench cli", "TITLE"))
-    }
-
-    /// The goal this row is held to at `tasks` tasks, if the issue names one.
-    fn goal_ms(self, tasks: usize) -> Option<f64> {
-        match self {
-            CliRow::Ready | CliRow::ReadyJson | CliRow::ListJson => {
-                CLI_READ_GOALS_MS.iter().find(|(size, _)| *size == tasks).map(|(_, goal)| *goal)
-            }
-            CliRow::Add | CliRow::Claim | CliRow::Done => Some(CLI_MUTATION_GOAL_MS),
-            CliRow::Version | CliRow::Show | CliRow::List => None,
+        let arrived = Instant::now();
+        let Event::ClaimLost { claim_id, task, .. } = envelope.event else { continue };
+        let published_ms = parse_rfc3339_ms(&envelope.at).context("an event's `at` is not RFC 3339")?;
+        latencies.push(Duration::from_millis(arrived_ms.saturating_sub(published_ms)));
+        since_start.push(arrived - started);
+        if told.insert(claim_id, task).is_some() {
+            bail!("node 1's stream told a lost claim twice");
         }
     }
-}
-
-/// `meshwork bench cli`: one `meshwork` process per call against a node holding `sizes`
-/// tasks in turn; a markdown table of p50/p90/p99 per command and size.
-pub(crate) fn cli(sizes: &[usize], runs: usize) -> anyhow::Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let mut sizes = sizes.to_vec();
-    sizes.sort_unstable();
-    sizes.dedup();
-    runtime()?.block_on(async {
-        let mut node = BenchNode::create("cli")?;
-        node.start().await?;
-        println!("one `meshwork` process per call, spawned and waited for (stdout and stderr piped and read);");
-        println!("{runs} timed runs per row after {CLI_WARM_UP_RUNS} untimed; the tasks open and ready but those the rows claim and finish");
-        println!();
-        println!("| command | tasks | p50 ms | p90 ms | p99 ms | goal |");
-        println!("| --- | ---: | ---: | ---: | ---: | --- |");
-        for &size in &sizes {
-            // The queue holds `size` tasks when the reads run; the rows after them add a
-            // few and claim and finish a few, so the next size starts from there.
-            let missing = size.saturating_sub(node.status().await?.tasks);
-            concurrent_adds(&node.home, CLI_FILL_CLIENTS, missing, false).await?;
-            for row in CliRow::ALL {
-                let latencies = time_cli_row(&node.home, row, runs).await?;
-                print_cli_row(row, size, &latencies);
-            }
-        }
-        print_node_warnings("the node", &node);
-        node.stop().await
-    })
-}
-
-/// Times `runs` processes of one row (after the warm-up ones); sorted latencies.
-async fn time_cli_row(home: &Path, row: CliRow, runs: usize) -> anyhow::Result<Vec<Duration>> {
-    let ids = if matches!(row, CliRow::Show | CliRow::Claim) {
-        ready_ids(home, runs + CLI_WARM_UP_RUNS).await?
-    } else if row == CliRow::Done {
-        held_ids(home, runs + CLI_WARM_UP_RUNS).await?
-    } else {
-        Vec::new()
-    };
-    let mut latencies = Vec::with_capacity(runs);
-    for index in 0..runs + CLI_WARM_UP_RUNS {
-        let id = ids.get(index).map_or("", String::as_str);
-        if row.args(id).iter().any(String::is_empty) {
-            bail!("no task left for {} (run {index})", row.label());
-        }
-        let started = Instant::now();
-        let output = meshwork(home).args(["--agent", "bench"]).args(row.args(id)).stdin(Stdio::null()).output()?;
-        let elapsed = started.elapsed();
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            bail!("{} failed ({}): {}{}", row.label(), output.status, stderr.trim(), stdout.trim());
-        }
-        if index >= CLI_WARM_UP_RUNS {
-            latencies.push(elapsed);
-        }
-    }
+    listener.abort();
+    let exact = told.iter().collect::<BTreeMap<_, _>>() == lost;
     latencies.sort();
-    Ok(latencies)
-}
-
-/// The first `count` tasks ready anywhere, in claim order.
-async fn ready_ids(home: &Path, count: usize) -> anyhow::Result<Vec<String>> {
-    let mut client = Client::connect(home).await?;
-    let ready = client.call::<route::Ready>(&(), &route::ReadyQuery { all: true, limit: Some(count) }).await?;
-    if ready.len() < count {
-        bail!("only {} tasks are ready, {count} are needed", ready.len());
-    }
-    Ok(ready.into_iter().take(count).map(|task| task.task.id.as_str().to_owned()).collect())
-}
-
-/// The first `count` tasks the agent `bench` holds.
-async fn held_ids(home: &Path, count: usize) -> anyhow::Result<Vec<String>> {
-    let mut client = Client::connect(home).await?;
-    let claimed = client.call::<route::TaskList>(&(), &statuses("claimed")).await?;
-    let held =
-        claimed.into_iter().filter(|task| task.task.holder.as_ref().is_some_and(|holder| holder.agent == "bench"));
-    let ids: Vec<String> = held.take(count).map(|task| task.task.id.as_str().to_owned()).collect();
-    if ids.len() < count {
-        bail!("bench holds only {} tasks, {count} are needed", ids.len());
-    }
-    Ok(ids)
-}
-
-fn print_cli_row(row: CliRow, size: usize, sorted: &[Duration]) {
-    let [p50, p90, p99] = [0.5, 0.9, 0.99].map(|fraction| millis(percentile(sorted, fraction)));
-    let goal = match row.goal_ms(size) {
-        Some(goal) => format!("p50 ≤ {goal} ms: {}", met_or_not(p50 <= goal)),
-        None => String::new(),
-    };
-    let tasks = crate::output::thousands(size);
-    println!("| {} | {tasks} | {p50:.2} | {p90:.2} | {p99:.2} | {goal} |", row.label());
+    since_start.sort();
+    println!(
+        "lost-claim events: node 2 of 2 claimed {tasks} tasks offline while node 1 claimed them too; node 1 lost {} \
+         when node 2 came back",
+        lost.len()
+    );
+    println!(
+        "merge to the event on the loser's stream: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (event `at` to arrival, \
+         millisecond clock)",
+        millis(percentile(&latencies, 0.5)),
+        millis(percentile(&latencies, 0.99)),
+        millis(percentile(&latencies, 1.0))
+    );
+    println!(
+        "node 2's start to the event: p50 {:.0} ms, p99 {:.0} ms (its start, dial, sync and merge included)",
+        millis(percentile(&since_start, 0.5)),
+        millis(percentile(&since_start, 0.99))
+    );
+    println!("every lost claim told once, and only those: {}", if exact { "yes" } else { "NO" });
+    let p99 = percentile(&latencies, 0.99);
+    println!(
+        "goal: p99 <= {} ms: {}; aim <= {} ms: {}",
+        LOST_EVENT_GOAL.as_millis(),
+        met_or_not(p99 <= LOST_EVENT_GOAL && exact),
+        LOST_EVENT_AIM.as_millis(),
+        met_or_not(p99 <= LOST_EVENT_AIM && exact)
+    );
+    mesh.print_warnings();
+    Ok(())
 }
