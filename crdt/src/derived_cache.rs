@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::document::QueueDoc;
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
-use crate::replica::TaskEntry;
+use crate::resolve::TaskEntry;
 
 /// Version of the derived state's layout and meaning. Bump it whenever a derived type or the
 /// way it is derived changes (`crdt/tests/derived_cache.rs` pins the encoding of a sample,

@@ -1,19 +1,5 @@
-//! The queue document on Automerge: its layout, its genesis, and typed reads and writes.
-//!
-//! Layout (every top-level map comes from the genesis change that all nodes share, so no
-//! two nodes ever create one of them concurrently and hide the other's):
-//!
-//! ```text
-//! meta     schema, mesh_id, mesh_name
-//! members  "<node_id>/<record_id>" -> signed membership record (bytes)
-//! probes   "<node_id>/<record_id>" -> signed probe record (bytes)
-//! tasks    "<task_id>" -> map: a "spec" scalar of the initial fields, and edited keys
-//!          ("title", "dep:<task_id>", ...), no nested objects (see fields.rs)
-//! records  "<task_id>/<record_id>" -> signed task record (bytes)
-//! leases   reserved for named locks
-//! inbox    "<agent@node>/<message_id>" -> message (JSON text); "<...>/<message_id>/read" and
-//!          ".../acked" -> true (see inbox.rs)
-//! ```
+//! The queue document on Automerge: its genesis, and typed reads and writes over the layout
+//! that `layout.rs` names.
 //!
 //! Records sit under flat composite keys, not in per-task maps, so that two nodes creating
 //! the same task id offline can never hide each other's records (invariant 3, nothing lost).
@@ -29,6 +15,7 @@ use meshwork_protocol::{NodeId, RecordId, SignedRecord, TaskId};
 use sha2::{Digest, Sha256};
 
 use crate::fields::NodeIdCache;
+use crate::layout::{TOP_LEVEL_MAPS, TopMaps};
 use crate::resolve::StoredRecord;
 use crate::task::TaskFields;
 
@@ -36,21 +23,6 @@ use crate::task::TaskFields;
 pub const GENESIS_ACTOR: &[u8; 16] = b"meshwork-genesis";
 /// Version of the document layout, in `meta.schema`.
 pub const SCHEMA_VERSION: u64 = 1;
-
-/// Names of the top-level maps, in genesis order.
-pub const TOP_LEVEL_MAPS: [&str; 7] = ["meta", "members", "probes", "tasks", "records", "leases", "inbox"];
-
-/// The object ids of the genesis maps.
-#[derive(Debug, Clone)]
-pub struct TopMaps {
-    pub meta: ObjId,
-    pub members: ObjId,
-    pub probes: ObjId,
-    pub tasks: ObjId,
-    pub records: ObjId,
-    pub leases: ObjId,
-    pub inbox: ObjId,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -17,7 +17,8 @@ use meshwork_protocol::{NodeId, RecordId, TaskId};
 
 use crate::document::Touched;
 use crate::inbox::Message;
-use crate::replica::{Replica, TaskEntry};
+use crate::replica::Replica;
+use crate::resolve::TaskEntry;
 
 /// How long before a lease ends its holder is warned (`lease_expiring`): a tenth of the
 /// lease, at least this long, so a default 30-minute lease warns 3 minutes ahead.

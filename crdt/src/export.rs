@@ -15,8 +15,9 @@ use meshwork_protocol::time::{format_rfc3339_ms, write_rfc3339_ms};
 use meshwork_protocol::{AgentName, NodeId, TaskId};
 use serde::Serialize;
 
-use crate::replica::{Replica, TaskEntry};
+use crate::replica::Replica;
 use crate::resolve::Noted;
+use crate::resolve::TaskEntry;
 
 fn agent_text(agent: &Option<AgentName>) -> String {
     agent.as_ref().map(ToString::to_string).unwrap_or_default()

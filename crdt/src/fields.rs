@@ -17,7 +17,7 @@ use meshwork_protocol::limits::{ATTEMPTS_DEFAULT, LEASE_MS_DEFAULT};
 use meshwork_protocol::task_spec::{TASK_SPEC_VERSION, TaskSpec};
 use meshwork_protocol::{NodeId, Requirement, Stamp, TaskId};
 
-use crate::document::TopMaps;
+use crate::layout::TopMaps;
 use crate::task::TaskFields;
 
 /// The spec a new task's fields are written as.

@@ -17,8 +17,8 @@ use crate::fields::{FieldEdit, write_edit, write_new_task};
 use crate::gate;
 use crate::membership::Member;
 use crate::ready::cycle_through;
-use crate::replica::{Replica, TaskEntry};
-use crate::resolve::{ClaimEntry, winner_key};
+use crate::replica::{Replica, SignError};
+use crate::resolve::{ClaimEntry, TaskEntry, winner_key};
 use crate::task::TaskFields;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,15 @@ pub enum OpError {
     /// and pushed like any other (later changes depend on it).
     #[error("{refusal}")]
     Written { applied: Box<Applied>, refusal: ErrorBody },
+}
+
+impl From<SignError> for OpError {
+    fn from(error: SignError) -> OpError {
+        match error {
+            SignError::NoMesh => OpError::NoMesh,
+            SignError::Record(reason) => OpError::Record(reason),
+        }
+    }
 }
 
 impl From<DocError> for OpError {

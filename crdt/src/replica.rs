@@ -13,21 +13,22 @@ use meshwork_protocol::{
     AgentName, Hlc, MeshId, NodeId, NodeKey, Record, RecordBody, RecordId, SignedRecord, Stamp, TaskId,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::derived_cache::{CacheUse, DerivedCache, DerivedState, DerivedStateRef};
 use crate::document::{DocError, QueueDoc, SCHEMA_VERSION, Touched, actor_for, node_record_key};
 use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::ready::{self, ReadyInput};
-use crate::resolve::{Holder, ResolveContext, StoredRecord, TaskState, claim_terms, resolve, sabotage};
+use crate::resolve::{Holder, ResolveContext, StoredRecord, TaskEntry, claim_terms, resolve, sabotage};
 use crate::task::TaskFields;
 
-/// One task as the replica knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskEntry {
-    pub fields: TaskFields,
-    pub state: TaskState,
+/// Why [`Replica::sign`] could not sign a record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    #[error("the document has no mesh id; run `meshwork init`")]
+    NoMesh,
+    #[error("could not sign a record: {0}")]
+    Record(String),
 }
 
 /// The queue as one node holds it.
@@ -235,12 +236,12 @@ impl Replica {
         agent: Option<AgentName>,
         body: RecordBody,
         now_ms: u64,
-    ) -> Result<SignedRecord, crate::ops::OpError> {
+    ) -> Result<SignedRecord, SignError> {
         assert_eq!(key.node_id(), self.node, "a replica signs with its own node key");
-        let mesh = self.mesh.ok_or(crate::ops::OpError::NoMesh)?;
+        let mesh = self.mesh.ok_or(SignError::NoMesh)?;
         let record =
             Record { version: RECORD_VERSION, mesh, signer: self.node, agent, stamp: self.hlc.now(now_ms), body };
-        SignedRecord::sign(record, key).map_err(|error| crate::ops::OpError::Record(error.to_string()))
+        SignedRecord::sign(record, key).map_err(|error| SignError::Record(error.to_string()))
     }
 
     /// Applies changes from storage or a peer and refreshes what they touched.

@@ -19,6 +19,14 @@ use crate::membership::{Member, MemberSet};
 use crate::probes::ProbeBook;
 use crate::task::TaskFields;
 
+/// One task as a replica knows it: its fields, and the state [`resolve`] derived from them
+/// and its records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEntry {
+    pub fields: TaskFields,
+    pub state: TaskState,
+}
+
 /// The derived state of one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {

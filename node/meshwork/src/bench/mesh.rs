@@ -633,8 +633,7 @@ async fn lost_claim_events(tasks: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     mesh.nodes[1].start_online().await?;
     let (_, holders) = agreed_holders(&mesh, &ids).await?;
-    let lost: BTreeMap<&String, &String> =
-        alpha_claims.iter().filter(|(claim, _)| !holders.contains(claim)).collect();
+    let lost: BTreeMap<&String, &String> = alpha_claims.iter().filter(|(claim, _)| !holders.contains(claim)).collect();
     let mut latencies = Vec::with_capacity(lost.len());
     let mut since_start = Vec::with_capacity(lost.len());
     let mut told = BTreeMap::new();
