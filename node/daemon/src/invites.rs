@@ -9,6 +9,8 @@ use meshwork_protocol::limits::INVITES_KEPT_MAX;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::store::StoreHandle;
+
 /// The invites this node issued: `HOME/invites.json`. Only a hash of each secret is kept.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Invites {
@@ -40,10 +42,18 @@ impl Invites {
         })
     }
 
-    pub(crate) fn save(&self, path: &std::path::Path) -> Result<(), ErrorBody> {
+    /// Writes the invites through the store's writer (which fsyncs on its own thread) and
+    /// waits until they are durable: an invite handed out must survive a restart, and one
+    /// used must stay used.
+    pub(crate) async fn save(&self, store: &StoreHandle, path: &std::path::Path) -> Result<(), ErrorBody> {
+        // Plain structs of strings and numbers always serialize.
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::home::write_atomically(path, &bytes)
-            .map_err(|error| ErrorBody::new(ErrorCode::Internal, format!("cannot save the invites: {error:#}")))
+        let durable = store.replace_file(path.to_owned(), bytes).await;
+        match durable.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ErrorBody::new(ErrorCode::Internal, format!("cannot save the invites: {error}"))),
+            Err(_closed) => Err(ErrorBody::new(ErrorCode::Internal, "cannot save the invites: the store stopped")),
+        }
     }
 
     /// Until when strangers may connect to present an invite. A used invite counts until it

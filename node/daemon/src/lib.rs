@@ -276,6 +276,7 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     // the stored probe and refresh it in the background.
     let has_probe = actor.replica.probes().latest(&key.node_id()).is_some();
     let allowlist = actor.allowlist();
+    let store = actor.store.clone();
     let (heard, heard_in) = NetEvents::new();
     let (queue, actor_task) = actor.spawn(heard_in);
     let probing = spawn_probe(&home, &config, queue.clone());
@@ -285,7 +286,7 @@ async fn run(home: Home, network: Option<NetConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let network_task = match network {
         Some(config) => {
-            let network = Network::new(&key, &config, heard, net.clone(), allowlist, events.clone())?;
+            let network = Network::new(&key, &config, heard, net.clone(), allowlist, events.clone(), store)?;
             Some(tokio::spawn(network.run(net_commands, shutdown.clone())))
         }
         None => {

@@ -143,7 +143,7 @@ impl QueueActor {
                 }
             }
             MeshCommand::Invite { ttl_ms, reply } => {
-                let _ = reply.send(self.invite(ttl_ms));
+                let _ = reply.send(self.invite(ttl_ms).await);
             }
             MeshCommand::Join { token, reply } => self.join(token, reply),
             MeshCommand::Adopt { token, document, reply } => {
@@ -283,7 +283,7 @@ impl QueueActor {
         self.net.send(NetCommand::Allow(self.allowlist()));
     }
 
-    fn invite(&mut self, ttl_ms: Option<u64>) -> Result<InviteView, ErrorBody> {
+    async fn invite(&mut self, ttl_ms: Option<u64>) -> Result<InviteView, ErrorBody> {
         let ttl = invite_ttl(ttl_ms)?;
         if self.net.facts().offline {
             return Err(ErrorBody::new(
@@ -309,7 +309,7 @@ impl QueueActor {
         let expires_ms = now.saturating_add(ttl);
         let entry = InviteEntry { secret_hash: hex(&secret_hash(&secret)), created_ms: now, expires_ms, used_by: None };
         self.invites.add(entry, now);
-        self.invites.save(&Invites::path(self.home.root()))?;
+        self.invites.save(&self.store, &Invites::path(self.home.root())).await?;
         self.send_allowlist();
         let token = InviteToken { mesh, inviter: node, addrs, secret, expires_ms };
         info!(expires = %format_rfc3339_ms(expires_ms), "issued an invite");
@@ -348,7 +348,7 @@ impl QueueActor {
         }
         // Used before anything else: a crash from here on leaves it used, never reusable.
         self.invites.entries[index].used_by = Some(peer_text);
-        if let Err(error) = self.invites.save(&Invites::path(self.home.root())) {
+        if let Err(error) = self.invites.save(&self.store, &Invites::path(self.home.root())).await {
             self.invites.entries[index].used_by = None;
             return Err(refuse(error.code, error.message));
         }

@@ -43,11 +43,10 @@ impl AddressBook {
         }
     }
 
-    pub(crate) fn save(&self, path: &Path) {
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        if let Err(error) = crate::home::write_atomically(path, &bytes) {
-            warn!(error = %format!("{error:#}"), "could not save the address book");
-        }
+    /// The book's file content (`HOME/peers.json`), for the store's writer.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // Plain maps of strings and numbers always serialize.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
     /// Notes addresses of a peer, newest first; true when the book changed.
@@ -110,7 +109,7 @@ mod tests {
         assert_eq!(AddressBook::load(&path), AddressBook::default());
         let mut book = AddressBook { quic_port: Some(4001), ..AddressBook::default() };
         book.note("peer", &["/ip4/127.0.0.1/tcp/1".parse().unwrap()], 5);
-        book.save(&path);
+        std::fs::write(&path, book.encode()).unwrap();
         assert_eq!(AddressBook::load(&path), book);
     }
 }

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::events::EventBus;
+use crate::store::StoreHandle;
 pub(crate) use gate::Allowlist;
 pub(crate) use link::sync_bytes;
 use meshwork_protocol::event::Event;
@@ -325,6 +326,9 @@ pub(crate) struct Network {
     book: book::AddressBook,
     book_path: PathBuf,
     book_dirty: bool,
+    /// The store's writer, which writes the address book so the network task never waits
+    /// for a disk.
+    store: StoreHandle,
     /// Listening on the default addresses: the chosen ports go into the book.
     default_listen: bool,
     explicit_peers: Vec<(Multiaddr, Redial)>,
@@ -362,6 +366,7 @@ impl Network {
         net: NetHandle,
         allow: Allowlist,
         events: EventBus,
+        store: StoreHandle,
     ) -> anyhow::Result<Network> {
         let protobuf = key.to_libp2p_protobuf().context("cannot convert the node key for libp2p")?;
         let keypair = libp2p::identity::Keypair::from_protobuf_encoding(&protobuf)
@@ -419,6 +424,7 @@ impl Network {
             book,
             book_path,
             book_dirty: false,
+            store,
             default_listen: config.listen.is_empty(),
             explicit_peers: config.peers.iter().map(|addr| (addr.clone(), Redial::new(Instant::now()))).collect(),
             redial: HashMap::new(),
@@ -493,8 +499,14 @@ impl Network {
                 () = stop.cancelled() => break,
             }
         }
-        if self.book_dirty {
-            self.book.save(&self.book_path);
+        self.save_book();
+    }
+
+    /// Hands the address book to the store's writer when it changed; it stays dirty when the
+    /// writer's queue is full, for the next tick.
+    fn save_book(&mut self) {
+        if self.book_dirty && self.store.try_replace_file(self.book_path.clone(), self.book.encode()) {
+            self.book_dirty = false;
         }
     }
 
@@ -893,10 +905,7 @@ impl Network {
                 }
             }
         }
-        if self.book_dirty {
-            self.book.save(&self.book_path);
-            self.book_dirty = false;
-        }
+        self.save_book();
     }
 
     fn redial_members(&mut self, now: Instant) {

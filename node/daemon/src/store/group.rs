@@ -138,6 +138,15 @@ impl StoreHandle {
         answer
     }
 
+    /// [`StoreHandle::replace_file`] for a writer that must not wait at all, not even for room
+    /// in the queue: false when the write was not queued (the queue is full, or the thread
+    /// stopped), so the caller keeps its file dirty and tries again later. Nobody learns when
+    /// the write is durable: for files that only save time (the address book).
+    pub(crate) fn try_replace_file(&self, path: PathBuf, bytes: Vec<u8>) -> bool {
+        let (reply, _answer) = oneshot::channel();
+        self.commands.try_send(Command::ReplaceFile { path, bytes, reply }).is_ok()
+    }
+
     /// Answers every submission queued before, stops the thread and joins it. Later
     /// submissions, from any clone, get [`StoreError::Closed`]. Calling it again is harmless.
     pub(crate) async fn shutdown(&self) -> Result<(), StoreError> {
