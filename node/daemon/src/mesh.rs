@@ -626,12 +626,13 @@ mod tests {
     use crate::home::Home;
     use crate::net::{NetEvents, NetHandle};
     use crate::queue::{ExportFormat, Query};
+    use crate::store::StoreHandle;
     use crate::{init, queue_actor, recover};
 
     /// A node whose mesh has `peer` as a member, running its queue actor.
     async fn node_with_member(
         peer: NodeId,
-    ) -> (tempfile::TempDir, QueueHandle, NetEvents, mpsc::UnboundedReceiver<NetCommand>, NetHandle) {
+    ) -> (tempfile::TempDir, QueueHandle, NetEvents, mpsc::UnboundedReceiver<NetCommand>, NetHandle, StoreHandle) {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), Some("receiver")).unwrap();
         let home = Home::new(dir.path().to_path_buf());
@@ -645,8 +646,9 @@ mod tests {
         let (net, commands) = NetHandle::new(false);
         let events = crate::events::EventBus::new(recovery.boot);
         let (heard, heard_in) = NetEvents::new();
+        let store = recovery.store.clone();
         let (queue, _task) = queue_actor(&home, key, &config, recovery, net.clone(), events).spawn(heard_in);
-        (dir, queue, heard, commands, net)
+        (dir, queue, heard, commands, net, store)
     }
 
     async fn export(queue: &QueueHandle) -> serde_json::Value {
@@ -678,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn oversize_and_garbage_frames_cut_the_sender_off_and_change_nothing() {
         let peer = NodeKey::from_seed([7; 32]).node_id();
-        let (_home, queue, heard, mut net, _) = node_with_member(peer).await;
+        let (_home, queue, heard, mut net, _, _) = node_with_member(peer).await;
         let before = export(&queue).await;
 
         let mut garbage = 3u32.to_be_bytes().to_vec();
@@ -705,7 +707,7 @@ mod tests {
     async fn a_sync_link_from_a_non_member_is_refused() {
         let member = NodeKey::from_seed([7; 32]).node_id();
         let stranger = NodeKey::from_seed([8; 32]).node_id();
-        let (_home, _queue, heard, _net, _) = node_with_member(member).await;
+        let (_home, _queue, heard, _net, _, _) = node_with_member(member).await;
         let (sender, _frames) = mpsc::channel(1);
         assert!(!heard.sync_opened(stranger, 1, sender).await);
         let (sender, _frames) = mpsc::channel(1);
@@ -717,7 +719,7 @@ mod tests {
     async fn listening_node_with_member(
         member: NodeId,
     ) -> (tempfile::TempDir, NodeKey, NetHandle, tokio_util::sync::CancellationToken, libp2p::Multiaddr) {
-        let (home, queue, heard, commands, net) = node_with_member(member).await;
+        let (home, queue, heard, commands, net, store) = node_with_member(member).await;
         let key = Home::new(home.path().to_path_buf()).load_key().unwrap();
         let config = crate::net::NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -730,7 +732,7 @@ mod tests {
             invites_open_until_ms: 0,
         };
         let network =
-            crate::net::Network::new(&key, &config, heard, net.clone(), allow, crate::events::EventBus::new(1))
+            crate::net::Network::new(&key, &config, heard, net.clone(), allow, crate::events::EventBus::new(1), store)
                 .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         // The actor runs while a handle on it lives: keep one until the node is stopped.
