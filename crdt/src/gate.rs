@@ -78,6 +78,22 @@ mod tests {
         assert_eq!(unmet(&requirements, Some(&workstation())), Vec::<String>::new());
     }
 
+    /// A minimum is met at exactly the minimum and above it, and unmet one below it, for every
+    /// requirement that names a number.
+    #[test]
+    fn every_minimum_is_met_at_its_value_and_unmet_just_below() {
+        let probe = workstation();
+        let exactly = ["gpu>=24G", "mem>=32G", "cpus>=8", "disk>=100G"];
+        let above = ["gpu>=23G", "mem>=31G", "cpus>=7", "disk>=99G"];
+        let below = ["gpu>=25G", "mem>=33G", "cpus>=9", "disk>=101G"];
+        for (met, texts) in [(true, exactly), (true, above), (false, below)] {
+            for text in texts {
+                let requirement: Requirement = text.parse().unwrap();
+                assert_eq!(unmet_reason(&requirement, &probe).is_none(), met, "{text} on the workstation");
+            }
+        }
+    }
+
     #[test]
     fn each_lacking_requirement_is_named_with_its_reason() {
         let requirements: Vec<Requirement> = ["gpu>=48G", "mem>=64G", "tool:matlab", "os=macos", "label:isolated"]

@@ -184,6 +184,8 @@ fn a_pending_quorum_claim_loses_once_its_generation_is_decided() {
     assert_eq!(holder(&state), Some(plain.id()));
     assert!(state.lost_claims.iter().any(|lost| lost.claim == quorum.id()
         && matches!(lost.reason, LossReason::LostTo { winner, .. } if winner == world.keys[1].node_id())));
+    assert_eq!(state.pending_quorum().count(), 0, "a claim that lost waits for nothing");
+    assert_eq!(tally(&state, &quorum), (1, 2), "its tally stays, without its majority");
 }
 
 /// Three members each vote for their own quorum claim: none can reach a majority, so the
