@@ -9,9 +9,21 @@ use crate::hlc::Stamp;
 use crate::identity::{IdentityError, NodeId, validate_name};
 
 /// A task's id: 1 to 64 bytes of letters, digits, `.`, `_`, `-`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TaskId(String);
+
+impl Clone for TaskId {
+    fn clone(&self) -> TaskId {
+        TaskId(self.0.clone())
+    }
+
+    /// Reuses this id's memory: a listing fills one task object per task in place
+    /// (`crdt::export`), and a derived `Clone` would allocate a new id each time.
+    fn clone_from(&mut self, source: &TaskId) {
+        self.0.clone_from(&source.0);
+    }
+}
 
 /// Prefix of generated ids, so people can tell them from ids they chose.
 pub const GENERATED_TASK_ID_PREFIX: &str = "mw-";

@@ -363,12 +363,16 @@ impl QueueActor {
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
             let quorum_deadline = self.quorum_waiting.iter().filter_map(|settled| settled.quorum_deadline).min();
+            // Biased: what peers sent is taken in before new commands, so under load a burst of
+            // frames merges before the next push offers the result (one sync round for the
+            // burst, not one per frame), and claims are judged on the freshest records.
             let command = tokio::select! {
-                command = receiver.recv() => command,
+                biased;
                 Some(event) = heard.recv() => {
                     self.on_net(event).await;
                     continue;
                 }
+                command = receiver.recv() => command,
                 () = tokio::time::sleep(std::time::Duration::from_millis(lease_wait_ms)), if lease_due_ms.is_some() => {
                     self.publish_lease_events().await;
                     continue;
