@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use meshwork_protocol::api::{
     CheckView, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, ResultView, StaleView,
-    TaskStatus, TaskView,
+    TaskView,
 };
 use meshwork_protocol::time::{format_rfc3339_ms, write_rfc3339_ms};
-use meshwork_protocol::{AgentName, NodeId, TaskId};
+use meshwork_protocol::{AgentName, NodeId};
 use serde::Serialize;
 
 use crate::replica::Replica;
@@ -65,44 +65,6 @@ fn refill<T>(list: &mut Vec<T>, items: impl IntoIterator<Item = T>) {
     list.extend(items);
 }
 
-/// A task object with every field empty, for [`Replica::fill_task_view`] to write over.
-fn blank_task_view(id: TaskId) -> TaskView {
-    TaskView {
-        id,
-        title: String::new(),
-        description: String::new(),
-        status: TaskStatus::Open,
-        ready: false,
-        blocked_by: Vec::new(),
-        priority: 0,
-        depends_on: Vec::new(),
-        requires: Vec::new(),
-        prefers: Vec::new(),
-        labels: Vec::new(),
-        files: Vec::new(),
-        lease_ms: 0,
-        max_attempts: 0,
-        needs_approval: false,
-        approved: false,
-        generation: 0,
-        attempts: 0,
-        holder: None,
-        progress: Vec::new(),
-        lost_claims: Vec::new(),
-        handoffs: Vec::new(),
-        checks: Vec::new(),
-        result: None,
-        other_results: Vec::new(),
-        failure: None,
-        cancelled: None,
-        id_conflicts: Vec::new(),
-        rejected_records: 0,
-        created_by: String::new(),
-        created_at: String::new(),
-        updated_at: String::new(),
-    }
-}
-
 impl Replica {
     /// The contract's task object for one task.
     pub fn task_view(&self, entry: &TaskEntry) -> TaskView {
@@ -142,7 +104,7 @@ impl Replica {
         out.push(b'[');
         if let Some(first) = entries.first() {
             let mut texts = NodeTexts::default();
-            let mut view = blank_task_view(first.fields.id.clone());
+            let mut view = TaskView::blank(first.fields.id.clone());
             for (index, entry) in entries.iter().enumerate() {
                 if index > 0 {
                     out.push(b',');
@@ -157,7 +119,7 @@ impl Replica {
     }
 
     fn task_view_with(&self, entry: &TaskEntry, texts: &mut NodeTexts) -> TaskView {
-        let mut view = blank_task_view(entry.fields.id.clone());
+        let mut view = TaskView::blank(entry.fields.id.clone());
         self.fill_task_view(entry, texts, &mut view);
         view
     }

@@ -97,6 +97,48 @@ pub struct TaskView {
     pub updated_at: String,
 }
 
+impl TaskView {
+    /// The task object of `id` with every other field empty: open, no fields, no records.
+    /// A base to fill (`TaskView { title, ..TaskView::blank(id) }`), and the object a listing
+    /// fills in place per task.
+    pub fn blank(id: TaskId) -> TaskView {
+        TaskView {
+            id,
+            title: String::new(),
+            description: String::new(),
+            status: TaskStatus::Open,
+            ready: false,
+            blocked_by: Vec::new(),
+            priority: 0,
+            depends_on: Vec::new(),
+            requires: Vec::new(),
+            prefers: Vec::new(),
+            labels: Vec::new(),
+            files: Vec::new(),
+            lease_ms: 0,
+            max_attempts: 0,
+            needs_approval: false,
+            approved: false,
+            generation: 0,
+            attempts: 0,
+            holder: None,
+            progress: Vec::new(),
+            lost_claims: Vec::new(),
+            handoffs: Vec::new(),
+            checks: Vec::new(),
+            result: None,
+            other_results: Vec::new(),
+            failure: None,
+            cancelled: None,
+            id_conflicts: Vec::new(),
+            rejected_records: 0,
+            created_by: String::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+}
+
 /// The task object as a node answers it (`task show`, `task list`, `ready`, `claim`): the
 /// task's view by its records, and what this node's clock makes of them.
 ///

@@ -633,39 +633,16 @@ mod tests {
     const NODE_A: &str = "12D3KooWQyZJx1cHRy9bUW2fVwrEpXR5UKpXBv6Nq3aBcDeFgHiJ";
 
     fn sample_task(id: &str, title: &str) -> TaskView {
+        let id = meshwork_protocol::TaskId::new(id).unwrap_or_else(|_| panic!("bad id {id}"));
         TaskView {
-            id: meshwork_protocol::TaskId::new(id).unwrap_or_else(|_| panic!("bad id {id}")),
             title: title.to_owned(),
-            description: String::new(),
-            status: TaskStatus::Open,
             ready: true,
-            blocked_by: Vec::new(),
-            priority: 0,
-            depends_on: Vec::new(),
-            requires: Vec::new(),
-            prefers: Vec::new(),
-            labels: Vec::new(),
-            files: Vec::new(),
             lease_ms: 1_800_000,
             max_attempts: 3,
-            needs_approval: false,
-            approved: false,
-            generation: 0,
-            attempts: 0,
-            holder: None,
-            progress: Vec::new(),
-            lost_claims: Vec::new(),
-            handoffs: Vec::new(),
-            checks: Vec::new(),
-            result: None,
-            other_results: Vec::new(),
-            failure: None,
-            cancelled: None,
-            id_conflicts: Vec::new(),
-            rejected_records: 0,
             created_by: "ann@laptop".to_owned(),
             created_at: "2026-11-21T06:00:00.000Z".to_owned(),
             updated_at: "2026-11-21T06:10:00.000Z".to_owned(),
+            ..TaskView::blank(id)
         }
     }
 
