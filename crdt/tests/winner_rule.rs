@@ -368,3 +368,36 @@ fn a_record_of_another_mesh_does_not_count() {
     let state = world.resolve(&[&foreign]);
     assert_eq!((state.status, state.rejected), (TaskStatus::Open, 1));
 }
+
+/// Every reason a claim loses reads as words for people: the CLI, the lost-claim notice and
+/// the event stream show it as is.
+#[test]
+fn every_loss_reason_reads_as_words() {
+    let winner = NodeKey::from_seed([7; 32]).node_id();
+    let agent = meshwork_protocol::AgentName::new("claude-1").unwrap();
+    let reasons = [
+        LossReason::LostTo { winner, winner_agent: Some(agent) },
+        LossReason::LostTo { winner, winner_agent: None },
+        LossReason::EarlyTakeover,
+        LossReason::WrongGeneration { open: 3 },
+        LossReason::Gate { unmet: vec!["gpu>=24G: no GPU".to_owned(), "tool:cargo: no tool cargo on PATH".to_owned()] },
+        LossReason::NotApproved,
+        LossReason::QuorumSplit,
+        LossReason::TaskClosed,
+    ];
+    let shown: Vec<String> =
+        reasons.iter().map(|reason| reason.to_string().replace(&winner.to_string(), "NODE")).collect();
+    expect_test::expect![[r#"
+        [
+            "lost to claude-1@NODE",
+            "lost to NODE",
+            "took over before the previous holder's lease ended",
+            "stale generation (generation 3 is open)",
+            "gate refused: gpu>=24G: no GPU; tool:cargo: no tool cargo on PATH",
+            "claimed before the task was approved",
+            "the votes of its generation split; no quorum claim could reach a majority",
+            "the task was already finished",
+        ]
+    "#]]
+    .assert_debug_eq(&shown);
+}
