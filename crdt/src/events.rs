@@ -26,13 +26,19 @@ pub const LEASE_WARNING_MS_MIN: u64 = 60_000;
 
 /// What the events of one task are about.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// One is kept per task, so it is kept small: a node of 100,000 tasks holds 100,000 of them
+/// (docs/BENCHMARKS.md, "Cold start"). Most tasks have no holder and empty lists, which cost
+/// a pointer each here.
 struct TaskDigest {
     status: TaskStatus,
     ready: bool,
-    holder: Option<HolderDigest>,
-    lost: BTreeSet<RecordId>,
-    taken_over: BTreeSet<RecordId>,
-    depends_on: BTreeSet<TaskId>,
+    holder: Option<Box<HolderDigest>>,
+    /// Sorted, for `binary_search`.
+    lost: Box<[RecordId]>,
+    /// Sorted, for `binary_search`.
+    taken_over: Box<[RecordId]>,
+    depends_on: Box<[TaskId]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,17 +245,25 @@ fn digest_of(replica: &Replica, entry: &TaskEntry) -> TaskDigest {
     TaskDigest {
         status: state.status,
         ready: replica.is_ready(entry),
-        holder: state.holder.as_ref().map(|holder| HolderDigest {
-            claim: holder.claim,
-            node: holder.node,
-            agent: holder.agent.as_ref().map(ToString::to_string),
-            lease_until_ms: holder.lease_until_ms,
-            lease_ms: state.claims.get(&holder.claim).map_or(entry.fields.lease_ms, |claim| claim.claim.lease_ms),
+        holder: state.holder.as_ref().map(|holder| {
+            Box::new(HolderDigest {
+                claim: holder.claim,
+                node: holder.node,
+                agent: holder.agent.as_ref().map(ToString::to_string),
+                lease_until_ms: holder.lease_until_ms,
+                lease_ms: state.claims.get(&holder.claim).map_or(entry.fields.lease_ms, |claim| claim.claim.lease_ms),
+            })
         }),
-        lost: state.lost_claims.iter().map(|lost| lost.claim).collect(),
-        taken_over: state.taken_over.iter().map(|taken| taken.claim).collect(),
-        depends_on: entry.fields.depends_on.clone(),
+        lost: sorted(state.lost_claims.iter().map(|lost| lost.claim)),
+        taken_over: sorted(state.taken_over.iter().map(|taken| taken.claim)),
+        depends_on: entry.fields.depends_on.iter().cloned().collect(),
     }
+}
+
+fn sorted(ids: impl Iterator<Item = RecordId>) -> Box<[RecordId]> {
+    let mut ids: Vec<RecordId> = ids.collect();
+    ids.sort_unstable();
+    ids.into_boxed_slice()
 }
 
 fn probes_of(replica: &Replica) -> BTreeMap<NodeId, RecordId> {
@@ -272,7 +286,11 @@ fn task_events(
         events.push(Event::TaskCreated { task: task.clone(), title: entry.fields.title.clone() });
     }
     let state = &entry.state;
-    for lost in state.lost_claims.iter().filter(|lost| before.is_none_or(|before| !before.lost.contains(&lost.claim))) {
+    for lost in state
+        .lost_claims
+        .iter()
+        .filter(|lost| before.is_none_or(|before| before.lost.binary_search(&lost.claim).is_err()))
+    {
         events.push(Event::ClaimLost {
             task: task.clone(),
             agent: lost.agent.as_ref().map(ToString::to_string),
@@ -281,8 +299,10 @@ fn task_events(
             reason: lost.reason.to_string(),
         });
     }
-    for taken in
-        state.taken_over.iter().filter(|taken| before.is_none_or(|before| !before.taken_over.contains(&taken.claim)))
+    for taken in state
+        .taken_over
+        .iter()
+        .filter(|taken| before.is_none_or(|before| before.taken_over.binary_search(&taken.claim).is_err()))
     {
         events.push(Event::ClaimTakenOver {
             task: task.clone(),
@@ -296,7 +316,7 @@ fn task_events(
         let (agent, node_id, claim_id) =
             (holder.agent.as_ref().map(ToString::to_string), holder.node.to_string(), holder.claim.to_string());
         // A claim that had lost and holds after all (a late renewal, a removal undone).
-        if before.is_some_and(|before| before.lost.contains(&holder.claim)) {
+        if before.is_some_and(|before| before.lost.binary_search(&holder.claim).is_ok()) {
             let claim_id = claim_id.clone();
             events.push(Event::ClaimWon {
                 task: task.clone(),
