@@ -401,3 +401,36 @@ fn every_loss_reason_reads_as_words() {
     "#]]
     .assert_debug_eq(&shown);
 }
+
+/// A task counts at most `RECORDS_PER_TASK_MAX` records, the first by record id, on every
+/// node alike; each one over the cap is counted as rejected, beside the records of other
+/// tasks, which never count.
+#[test]
+fn records_beyond_the_cap_are_rejected_and_counted() {
+    use meshwork_protocol::limits::RECORDS_PER_TASK_MAX;
+    let world = world();
+    let claim = world.claim(0, 0, 1, 1_000);
+    let progress = |index: usize| {
+        world.follow_up(
+            0,
+            2_000 + index as u64,
+            |task, claim| RecordBody::Progress { task, claim, message: format!("step {index}"), percent: None },
+            &claim,
+        )
+    };
+    let notes: Vec<SignedRecord> = (0..RECORDS_PER_TASK_MAX + 1).map(progress).collect();
+    let mut other = three_members("WRK-2", LEASE_MS);
+    let elsewhere = {
+        let body = RecordBody::Approve { task: other.fields.id.clone() };
+        signed(&other.keys.remove(0), other.mesh, at(1_500), None, body)
+    };
+
+    let at_the_cap: Vec<&SignedRecord> = std::iter::once(&claim).chain(&notes[..RECORDS_PER_TASK_MAX - 1]).collect();
+    let state = world.resolve(&at_the_cap);
+    assert_eq!((state.records, state.rejected), (RECORDS_PER_TASK_MAX as u32, 0));
+
+    let over: Vec<&SignedRecord> = std::iter::once(&claim).chain(&notes).chain([&elsewhere]).collect();
+    let state = world.resolve(&over);
+    assert_eq!(state.records, RECORDS_PER_TASK_MAX as u32);
+    assert_eq!(state.rejected, 3, "two over the cap and one about another task");
+}
