@@ -356,3 +356,58 @@ fn a_node_that_voted_refuses_its_own_quorum_claim_of_that_generation() {
     assert_eq!(refused.code, ErrorCode::Conflict);
     assert!(refused.retryable, "{refused:?}");
 }
+
+/// A plain claim is no vote: a member that claimed without `--quorum` and then acknowledged
+/// another's quorum claim of the same generation gives that claim its vote.
+#[test]
+fn a_plain_claim_is_no_vote_and_leaves_its_signer_free_to_acknowledge() {
+    let world = world();
+    let plain = world.claim(1, 0, 5, 9_000, false);
+    let quorum = world.quorum_claim(0, 1, 10_000);
+    let ack = world.ack(1, &quorum, 0, 11_000);
+    let state = world.resolve(&[&plain, &quorum, &ack]);
+    assert_eq!(tally(&state, &quorum), (2, 2), "member 1's ack counts although its plain claim came first");
+    assert!(!state.quorum.contains_key(&plain.id()), "a plain claim has no tally");
+}
+
+/// A member's first vote is its earliest by stamp, whatever the order of record ids: of two
+/// acks naming two quorum claims of one generation, the earlier one counts, either way round.
+#[test]
+fn a_members_first_vote_is_its_earliest_by_stamp() {
+    let world = world();
+    let (x, y) = (world.quorum_claim(0, 1, 10_000), world.quorum_claim(2, 2, 10_000));
+    for (x_at, y_at) in [(11_000, 12_000), (12_000, 11_000)] {
+        let (ack_x, ack_y) = (world.ack(1, &x, 0, x_at), world.ack(1, &y, 0, y_at));
+        let state = world.resolve(&[&x, &y, &ack_x, &ack_y]);
+        let (first, second) = if x_at < y_at { (&x, &y) } else { (&y, &x) };
+        assert_eq!(tally(&state, first), (2, 2), "the earlier ack is member 1's vote");
+        assert_eq!(tally(&state, second).0, 1, "the later ack counts for nothing");
+        assert_eq!(holder(&state), Some(first.id()));
+    }
+}
+
+/// A split vote on the next generation among claims stamped after the holder's lease ran
+/// out ends that lease like a takeover would: the generation counts a failure, the split one
+/// opens none, and the task is open for the one after. Claims stamped at the lease's last
+/// millisecond are no evidence: the holder keeps the task.
+#[test]
+fn a_split_vote_after_the_lease_ran_out_takes_the_task_over() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000, false);
+    let lease_until = 10_000 + LEASE_MS;
+    let split_at =
+        |wall_ms: u64| -> Vec<SignedRecord> { (0..3).map(|node| world.claim(node, 1, 2, wall_ms, true)).collect() };
+    let after = split_at(lease_until + 1);
+    let records: Vec<&SignedRecord> = std::iter::once(&first).chain(&after).collect();
+    let state = world.resolve(&records);
+    assert_eq!((state.status, holder(&state)), (TaskStatus::Open, None));
+    assert_eq!((state.generation, state.failures), (2, 1), "generation 0 taken over, 1 split");
+    assert!(
+        state.lost_claims.iter().filter(|lost| lost.generation == 1).all(|lost| lost.reason == LossReason::QuorumSplit)
+    );
+
+    let at_the_end = split_at(lease_until);
+    let records: Vec<&SignedRecord> = std::iter::once(&first).chain(&at_the_end).collect();
+    let state = world.resolve(&records);
+    assert_eq!((state.status, holder(&state), state.generation), (TaskStatus::Claimed, Some(first.id()), 0));
+}

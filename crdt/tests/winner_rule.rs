@@ -434,3 +434,33 @@ fn records_beyond_the_cap_are_rejected_and_counted() {
     assert_eq!(state.records, RECORDS_PER_TASK_MAX as u32);
     assert_eq!(state.rejected, 3, "two over the cap and one about another task");
 }
+
+/// Step 4.1: a claim of the next generation must be stamped strictly after the end of the
+/// tenure before it. One stamped at the release's very stamp took over early and loses; one
+/// a logical tick later counts.
+#[test]
+fn a_claim_stamped_at_the_previous_release_takes_over_early() {
+    let world = world();
+    let first = world.claim(0, 0, 1, 10_000);
+    let release =
+        world.follow_up(0, 11_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &first);
+    let body =
+        |lamport| RecordBody::Claim(Claim { generation: 1, lamport, ..claim_of(&world.claim(1, 1, lamport, 0)) });
+    let same_stamp = signed(&world.keys[1], world.mesh, at(11_000), Some("agent"), body(2));
+    let state = world.resolve(&[&first, &release, &same_stamp]);
+    assert_eq!((state.status, state.generation), (TaskStatus::Open, 1));
+    assert!(
+        state.lost_claims.iter().any(|lost| lost.claim == same_stamp.id() && lost.reason == LossReason::EarlyTakeover)
+    );
+
+    let tick_later = signed(&world.keys[1], world.mesh, Stamp { wall_ms: 11_000, logical: 1 }, Some("agent"), body(3));
+    let state = world.resolve(&[&first, &release, &tick_later]);
+    assert_eq!((state.status, world.holder_node(&state)), (TaskStatus::Claimed, Some(1)));
+}
+
+fn claim_of(record: &SignedRecord) -> Claim {
+    match &record.record().body {
+        RecordBody::Claim(claim) => claim.clone(),
+        other => panic!("not a claim: {other:?}"),
+    }
+}
