@@ -220,6 +220,11 @@ fn failures_count_toward_max_attempts_and_releases_do_not() {
     let failed = world.resolve(&[&claim0, &release, &claim1, &fail1, &claim2, &fail2]);
     assert_eq!((failed.status, failed.failures, failed.attempts), (TaskStatus::Failed, 2, 3));
     assert_eq!(failed.failure.map(|failure| failure.value), Some("broke again".to_owned()));
+    // Out of attempts, a claim of the next generation is closed: it never holds the task.
+    let too_late = world.claim(0, 3, 4, 16_000);
+    let closed = world.resolve(&[&claim0, &release, &claim1, &fail1, &claim2, &fail2, &too_late]);
+    assert_eq!((closed.status, world.holder_node(&closed)), (TaskStatus::Failed, None));
+    assert!(closed.lost_claims.iter().any(|lost| lost.claim == too_late.id() && lost.reason == LossReason::TaskClosed));
 }
 
 /// A done record makes the task done for good; later claims lose and a cancel changes nothing.
