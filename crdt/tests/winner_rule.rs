@@ -469,3 +469,86 @@ fn claim_of(record: &SignedRecord) -> Claim {
         other => panic!("not a claim: {other:?}"),
     }
 }
+
+/// Step 4.6: only a claim of the *next* generation stamped *after* the lease ends it. A
+/// losing claim of the holder's own generation stamped late, or a next-generation claim
+/// stamped at the lease's last millisecond, leaves the holder holding.
+#[test]
+fn only_a_next_generation_claim_after_the_lease_takes_over() {
+    let world = world();
+    let holder = world.claim(0, 0, 1, 10_000);
+    let lease_until = 10_000 + LEASE_MS;
+    let same_generation_late = world.claim(1, 0, 2, lease_until + 5);
+    let state = world.resolve(&[&holder, &same_generation_late]);
+    assert_eq!((state.status, world.holder_node(&state), state.generation), (TaskStatus::Claimed, Some(0), 0));
+
+    let at_the_last_millisecond = world.claim(2, 1, 3, lease_until);
+    let state = world.resolve(&[&holder, &at_the_last_millisecond]);
+    assert_eq!((state.status, world.holder_node(&state), state.generation), (TaskStatus::Claimed, Some(0), 0));
+    assert!(
+        state
+            .lost_claims
+            .iter()
+            .any(|lost| lost.claim == at_the_last_millisecond.id() && lost.reason == LossReason::EarlyTakeover)
+    );
+}
+
+/// Step 4.6: a tenure ends by its own holder's release or failure of *this* claim, signed
+/// while its lease held. A release of the holder's earlier claim, one signed by another node,
+/// or one signed after the lease ran out ends nothing.
+#[test]
+fn only_the_holders_own_release_of_this_claim_within_its_lease_ends_the_tenure() {
+    let world = world();
+    let release = |node: usize, wall_ms: u64, claim: &SignedRecord| {
+        world.follow_up(node, wall_ms, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, claim)
+    };
+    let fail = |node: usize, wall_ms: u64, claim: &SignedRecord| {
+        world.follow_up(node, wall_ms, |task, claim| RecordBody::Fail { task, claim, reason: "broke".into() }, claim)
+    };
+    // Node 0 released generation 0 and failed generation 1, then claimed generation 2: those
+    // records name its earlier claims and end nothing now.
+    let first = world.claim(0, 0, 1, 10_000);
+    let released = release(0, 11_000, &first);
+    let second = world.claim(0, 1, 2, 12_000);
+    let failed = fail(0, 13_000, &second);
+    let third = world.claim(0, 2, 3, 14_000);
+    let state = world.resolve(&[&first, &released, &second, &failed, &third]);
+    assert_eq!((state.status, world.holder_node(&state), state.generation), (TaskStatus::Claimed, Some(0), 2));
+
+    let by_another = release(1, 15_000, &third);
+    let after_the_lease = release(0, 14_000 + LEASE_MS + 1, &third);
+    let state = world.resolve(&[&first, &released, &second, &failed, &third, &by_another, &after_the_lease]);
+    assert_eq!((state.status, world.holder_node(&state), state.generation), (TaskStatus::Claimed, Some(0), 2));
+}
+
+/// Step 6: claims the walk did not reach lose for the reason that fits: a claim two
+/// generations ahead of a holder is of the wrong generation even when stamped within the
+/// holder's lease; a quorum claim waiting for votes on a generation that is not open loses too.
+#[test]
+fn claims_the_walk_did_not_reach_lose_for_the_reason_that_fits() {
+    let world = world();
+    let holder = world.claim(0, 0, 1, 10_000);
+    let two_ahead = world.claim(1, 2, 2, 11_000);
+    let state = world.resolve(&[&holder, &two_ahead]);
+    assert!(
+        state
+            .lost_claims
+            .iter()
+            .any(|lost| lost.claim == two_ahead.id() && lost.reason == LossReason::WrongGeneration { open: 0 })
+    );
+
+    let released =
+        world.follow_up(0, 12_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &holder);
+    let quorum_far_ahead = {
+        let body = RecordBody::Claim(Claim { quorum: true, ..claim_of(&world.claim(2, 3, 4, 13_000)) });
+        signed(&world.keys[2], world.mesh, at(13_000), Some("agent"), body)
+    };
+    let state = world.resolve(&[&holder, &released, &quorum_far_ahead]);
+    assert_eq!((state.status, state.generation), (TaskStatus::Open, 1));
+    assert!(
+        state
+            .lost_claims
+            .iter()
+            .any(|lost| lost.claim == quorum_far_ahead.id() && lost.reason == LossReason::WrongGeneration { open: 1 })
+    );
+}
