@@ -552,3 +552,62 @@ fn claims_the_walk_did_not_reach_lose_for_the_reason_that_fits() {
             .any(|lost| lost.claim == quorum_far_ahead.id() && lost.reason == LossReason::WrongGeneration { open: 1 })
     );
 }
+
+/// Step 7: the winner's `done` is the accepted result whatever the record order, a loser's
+/// joins the others; of two `done`s naming one winning claim the first by record id counts;
+/// of two winning generations' results the later generation's counts.
+#[test]
+fn the_winners_result_is_accepted_and_every_other_is_kept() {
+    let world = world();
+    let done = |node: usize, wall_ms: u64, summary: &str, claim: &SignedRecord| {
+        let summary = summary.to_owned();
+        world.follow_up(node, wall_ms, |task, claim| RecordBody::Done { task, claim, summary }, claim)
+    };
+    let summary = |state: &TaskState| state.result.as_ref().map(|result| result.value.clone());
+    let winner = world.claim(0, 0, 1, 10_000);
+    let loser = world.claim(1, 0, 2, 10_000);
+    let mut loser_first = false;
+    for offset in 0..8 {
+        let (won, lost) = (done(0, 11_000 + offset, "won", &winner), done(1, 11_000 + offset, "lost", &loser));
+        loser_first |= lost.id() < won.id();
+        let state = world.resolve(&[&winner, &loser, &won, &lost]);
+        assert_eq!((state.status, summary(&state)), (TaskStatus::Done, Some("won".to_owned())));
+        assert_eq!(state.other_results.iter().map(|result| result.value.as_str()).collect::<Vec<_>>(), ["lost"]);
+    }
+    assert!(loser_first, "some round had the loser's done first in record id order");
+
+    let (once, twice) = (done(0, 12_000, "once", &winner), done(0, 12_001, "twice", &winner));
+    let first_by_id = if once.id() < twice.id() { "once" } else { "twice" };
+    let state = world.resolve(&[&winner, &once, &twice]);
+    assert_eq!(summary(&state).as_deref(), Some(first_by_id));
+    assert_eq!(state.other_results.len(), 1);
+
+    let released =
+        world.follow_up(0, 13_000, |task, claim| RecordBody::Release { task, claim, reason: "busy".into() }, &winner);
+    let next = world.claim(2, 1, 3, 14_000);
+    for offset in 0..8 {
+        let (old, new) =
+            (done(0, 15_000 + offset, "generation 0", &winner), done(2, 15_000 + offset, "generation 1", &next));
+        let state = world.resolve(&[&winner, &released, &next, &old, &new]);
+        assert_eq!(summary(&state).as_deref(), Some("generation 1"), "the later generation's result counts");
+    }
+}
+
+/// Step 9: progress counts only from the node that made the claim it names.
+#[test]
+fn progress_counts_only_from_the_claims_own_node() {
+    let world = world();
+    let claim = world.claim(0, 0, 1, 10_000);
+    let progress = |node: usize, message: &str| {
+        let message = message.to_owned();
+        world.follow_up(
+            node,
+            11_000,
+            |task, claim| RecordBody::Progress { task, claim, message, percent: None },
+            &claim,
+        )
+    };
+    let (own, foreign) = (progress(0, "mine"), progress(1, "not mine"));
+    let state = world.resolve(&[&claim, &own, &foreign]);
+    assert_eq!(state.progress.iter().map(|note| note.value.message.as_str()).collect::<Vec<_>>(), ["mine"]);
+}
