@@ -593,9 +593,9 @@ fn the_winners_result_is_accepted_and_every_other_is_kept() {
     }
 }
 
-/// Step 9: progress counts only from the node that made the claim it names.
+/// Step 9: progress and handoffs count only from the node that made the claim they name.
 #[test]
-fn progress_counts_only_from_the_claims_own_node() {
+fn progress_and_handoffs_count_only_from_the_claims_own_node() {
     let world = world();
     let claim = world.claim(0, 0, 1, 10_000);
     let progress = |node: usize, message: &str| {
@@ -607,7 +607,21 @@ fn progress_counts_only_from_the_claims_own_node() {
             &claim,
         )
     };
+    let handoff = |node: usize, next: &str| {
+        let handoff = meshwork_protocol::record::Handoff {
+            task: world.fields.id.clone(),
+            claim: claim.id(),
+            commits: Vec::new(),
+            files: Vec::new(),
+            tests: Vec::new(),
+            risks: Vec::new(),
+            next: next.to_owned(),
+        };
+        signed(&world.keys[node], world.mesh, at(12_000), Some("agent"), RecordBody::Handoff(handoff))
+    };
     let (own, foreign) = (progress(0, "mine"), progress(1, "not mine"));
-    let state = world.resolve(&[&claim, &own, &foreign]);
+    let (own_handoff, foreign_handoff) = (handoff(0, "tests"), handoff(2, "not mine"));
+    let state = world.resolve(&[&claim, &own, &foreign, &own_handoff, &foreign_handoff]);
     assert_eq!(state.progress.iter().map(|note| note.value.message.as_str()).collect::<Vec<_>>(), ["mine"]);
+    assert_eq!(state.handoffs.iter().map(|note| note.value.next.as_str()).collect::<Vec<_>>(), ["tests"]);
 }
