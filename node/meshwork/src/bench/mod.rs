@@ -5,7 +5,8 @@
 //! - `bench cold-start`: fills a home with many tasks, stops the node cleanly, then times
 //!   starts until the first answer and reads the process's peak RSS.
 //! - `bench mesh`: nodes on loopback joined in one mesh; how fast a claim reaches every node,
-//!   how a storm of conflicting claims settles, and how an offline node's work merges.
+//!   how a storm of conflicting claims settles, how soon a lost claim reaches its agent's
+//!   event stream after the merge, and how an offline node's work merges.
 //! - `bench cli`: one `meshwork` process per call (reads and mutations) against a node
 //!   holding 1,000, 5,000 and 20,000 tasks; what a user or an agent's shell waits for.
 //!
