@@ -423,7 +423,6 @@ impl Replica {
     }
 }
 
-/// The claim order: highest priority, then oldest, then id.
 /// `entries` in claim order: highest priority, then oldest, then id.
 ///
 /// The sort keys are copied out of the entries first: comparing through the entries, each a
