@@ -376,14 +376,40 @@ fn a_plain_claim_is_no_vote_and_leaves_its_signer_free_to_acknowledge() {
 fn a_members_first_vote_is_its_earliest_by_stamp() {
     let world = world();
     let (x, y) = (world.quorum_claim(0, 1, 10_000), world.quorum_claim(2, 2, 10_000));
-    for (x_at, y_at) in [(11_000, 12_000), (12_000, 11_000)] {
-        let (ack_x, ack_y) = (world.ack(1, &x, 0, x_at), world.ack(1, &y, 0, y_at));
-        let state = world.resolve(&[&x, &y, &ack_x, &ack_y]);
-        let (first, second) = if x_at < y_at { (&x, &y) } else { (&y, &x) };
-        assert_eq!(tally(&state, first), (2, 2), "the earlier ack is member 1's vote");
-        assert_eq!(tally(&state, second).0, 1, "the later ack counts for nothing");
-        assert_eq!(holder(&state), Some(first.id()));
+    let mut later_ack_first_by_id = false;
+    for offset in 0..8 {
+        for (x_at, y_at) in [(11_000 + offset, 12_000), (12_000 + offset, 11_000)] {
+            let (ack_x, ack_y) = (world.ack(1, &x, 0, x_at), world.ack(1, &y, 0, y_at));
+            let ((first, first_ack), (second, second_ack)) =
+                if x_at < y_at { ((&x, &ack_x), (&y, &ack_y)) } else { ((&y, &ack_y), (&x, &ack_x)) };
+            later_ack_first_by_id |= second_ack.id() < first_ack.id();
+            let state = world.resolve(&[&x, &y, &ack_x, &ack_y]);
+            assert_eq!(tally(&state, first), (2, 2), "the earlier ack is member 1's vote");
+            assert_eq!(tally(&state, second).0, 1, "the later ack counts for nothing");
+            assert_eq!(holder(&state), Some(first.id()));
+        }
     }
+    assert!(later_ack_first_by_id, "some round had the later ack first in record id order");
+}
+
+/// Out of attempts, a split vote opens no further generation: the quorum claims of the
+/// generation after the last failure are closed and the task stays failed there.
+#[test]
+fn out_of_attempts_a_split_vote_opens_no_generation() {
+    let mut world = world();
+    world.fields.max_attempts = 1;
+    let first = world.claim(0, 0, 1, 10_000, false);
+    let failed = {
+        let body = RecordBody::Fail { task: world.fields.id.clone(), claim: first.id(), reason: "broke".into() };
+        signed(&world.keys[0], world.mesh, at(11_000), Some("agent"), body)
+    };
+    let split: Vec<SignedRecord> = (0..3).map(|node| world.claim(node, 1, 2, 12_000, true)).collect();
+    let records: Vec<&SignedRecord> = [&first, &failed].into_iter().chain(&split).collect();
+    let state = world.resolve(&records);
+    assert_eq!((state.status, state.generation, state.failures), (TaskStatus::Failed, 1, 1));
+    assert!(split.iter().all(|claim| {
+        state.lost_claims.iter().any(|lost| lost.claim == claim.id() && lost.reason == LossReason::TaskClosed)
+    }));
 }
 
 /// A split vote on the next generation among claims stamped after the holder's lease ran
