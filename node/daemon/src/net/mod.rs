@@ -502,8 +502,10 @@ impl Network {
         self.save_book();
     }
 
-    /// Hands the address book to the store's writer when it changed; it stays dirty when the
-    /// writer's queue is full, for the next tick.
+    /// Hands the address book to the store's writer when it changed, at once: a node killed
+    /// right after it met its peers must still find them when it starts again (it may listen
+    /// on other ports then, so they cannot find it). The book stays dirty when the writer's
+    /// queue is full, for the next tick.
     fn save_book(&mut self) {
         if self.book_dirty && self.store.try_replace_file(self.book_path.clone(), self.book.encode()) {
             self.book_dirty = false;
@@ -622,6 +624,7 @@ impl Network {
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone();
                     self.book_dirty |= self.book.note(&peer_id.to_string(), &[addr], now);
+                    self.save_book();
                 }
                 self.redial.remove(&peer_id);
                 if let Ok(node) = NodeId::from_peer_id(&peer_id) {
@@ -679,6 +682,7 @@ impl Network {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(is_dialable).collect();
                 self.book_dirty |= self.book.note(&peer_id.to_string(), &addrs, now_ms());
+                self.save_book();
                 if let Ok(node) = NodeId::from_peer_id(&peer_id) {
                     let mut facts = self.net.facts();
                     facts.peers.entry(node).or_default().addrs = addrs.iter().map(ToString::to_string).collect();
