@@ -98,7 +98,9 @@ impl Replica {
     /// The JSON array of the live task objects of `entries` at `now_ms`, in their order: the
     /// bytes of `serde_json::to_vec(&self.live_task_views_of(entries, now_ms))`, each task
     /// written ([`LiveTaskView::write_json`]) as soon as its object is built, so a listing of
-    /// 20,000 tasks never holds 20,000 task objects at once.
+    /// 20,000 tasks never holds 20,000 task objects at once. A task's JSON but for its
+    /// readiness and `stale` is kept for the next listing in its entry (`task_json_cache.rs`) and
+    /// copied from there until the entry changes.
     pub fn live_task_views_json(&self, entries: &[&TaskEntry], now_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(entries.len().saturating_mul(TASK_JSON_BYTES_TYPICAL) + 2);
         out.push(b'[');
@@ -109,9 +111,23 @@ impl Replica {
                 if index > 0 {
                     out.push(b',');
                 }
-                self.fill_task_view(entry, &mut texts, &mut view);
+                let (ready, blocked_by) = (self.is_ready(entry), self.blocked_by(entry));
+                if let Some((head, tail)) = entry.json.get() {
+                    out.extend_from_slice(head);
+                    TaskView::write_json_readiness(ready, &blocked_by, &mut out);
+                    out.extend_from_slice(tail);
+                } else {
+                    self.fill_task_view(entry, &mut texts, &mut view);
+                    let head_start = out.len();
+                    view.write_json_head(&mut out);
+                    let head_end = out.len();
+                    TaskView::write_json_readiness(ready, &blocked_by, &mut out);
+                    let tail_start = out.len();
+                    view.write_json_tail(&mut out);
+                    entry.json.keep(&out[head_start..head_end], &out[tail_start..]);
+                }
                 let stale = self.stale_view(entry, now_ms, &mut texts);
-                LiveTaskView::write_json(&view, stale.as_ref(), &mut out);
+                LiveTaskView::write_json_end(stale.as_ref(), &mut out);
             }
         }
         out.push(b']');

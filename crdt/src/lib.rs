@@ -21,6 +21,7 @@ pub mod replica;
 pub mod resolve;
 pub mod sync;
 pub mod task;
+pub mod task_json_cache;
 /// Builders for tests and benchmarks; only with the `test-support` feature, which tests
 /// enable and a release build never does.
 #[cfg(feature = "test-support")]

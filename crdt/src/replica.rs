@@ -293,7 +293,7 @@ impl Replica {
             let stored = self.doc.read_task_records_verified(&fields.id, &self.verified);
             remember_records(&mut self.verified, &mut self.own_stamp_max, self.node, &stored);
             let state = resolve(&fields, &stored, context);
-            self.tasks.insert(fields.id.clone(), TaskEntry { fields, state });
+            self.tasks.insert(fields.id.clone(), TaskEntry::new(fields, state));
         }
     }
 
@@ -323,6 +323,7 @@ impl Replica {
             let stored = self.doc.read_task_records_verified(&id, &self.verified);
             if let Some(entry) = self.tasks.get_mut(&id) {
                 entry.state = resolve(&entry.fields, &stored, context);
+                entry.json.forget();
             }
         }
     }
@@ -336,7 +337,7 @@ impl Replica {
         remember_records(&mut self.verified, &mut self.own_stamp_max, self.node, &stored);
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         let state = resolve(&fields, &stored, context);
-        self.tasks.insert(id.clone(), TaskEntry { fields, state });
+        self.tasks.insert(id.clone(), TaskEntry::new(fields, state));
     }
 
     /// The ids of every record whose signature verified, for the verified-records cache.
@@ -359,7 +360,7 @@ impl Replica {
         );
         let context = ResolveContext { members: &self.members, probes: &self.probes };
         let state = resolve(&fields, &[], context);
-        self.tasks.insert(fields.id.clone(), TaskEntry { fields, state });
+        self.tasks.insert(fields.id.clone(), TaskEntry::new(fields, state));
     }
 
     pub fn status_of(&self, id: &TaskId) -> Option<TaskStatus> {

@@ -18,6 +18,7 @@ use crate::gate;
 use crate::membership::{Member, MemberSet};
 use crate::probes::ProbeBook;
 use crate::task::TaskFields;
+use crate::task_json_cache::TaskJsonCell;
 
 /// One task as a replica knows it: its fields, and the state [`resolve`] derived from them
 /// and its records.
@@ -25,6 +26,15 @@ use crate::task::TaskFields;
 pub struct TaskEntry {
     pub fields: TaskFields,
     pub state: TaskState,
+    /// The task object's JSON once a listing wrote it; empty in a new entry.
+    #[serde(skip)]
+    pub(crate) json: TaskJsonCell,
+}
+
+impl TaskEntry {
+    pub fn new(fields: TaskFields, state: TaskState) -> TaskEntry {
+        TaskEntry { fields, state, json: TaskJsonCell::default() }
+    }
 }
 
 /// The derived state of one task.

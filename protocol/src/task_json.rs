@@ -8,6 +8,7 @@
 //! `written_json_is_serde_json` (a property test over arbitrary task objects) holds this
 //! writer to it byte for byte, so a field added to [`TaskView`] and not here fails it.
 
+use crate::TaskId;
 use crate::api::{
     CheckView, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, ResultView, StaleView,
     TaskView,
@@ -16,15 +17,20 @@ use crate::api::{
 impl TaskView {
     /// Appends this task object's JSON to `out`: exactly what `serde_json::to_writer` writes.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let mut json = Json(out);
-        json.raw(b"{");
-        self.write_fields(&mut json);
-        json.raw(b"}");
+        self.write_json_head(out);
+        TaskView::write_json_readiness(self.ready, &self.blocked_by, out);
+        self.write_json_tail(out);
+        out.push(b'}');
     }
 
-    /// The task object's members, without its braces ([`LiveTaskView`] flattens them).
-    fn write_fields(&self, json: &mut Json<'_>) {
-        json.raw(b"\"id\":");
+    /// The task object's JSON up to its readiness: the opening brace, `id`, `title`,
+    /// `description` and `status`. A task object is written in three parts, head, readiness
+    /// and tail, because its readiness alone depends on other tasks (their status): a listing
+    /// keeps a task's head and tail between listings and writes its readiness afresh
+    /// (docs/BENCHMARKS.md, "CLI calls").
+    pub fn write_json_head(&self, out: &mut Vec<u8>) {
+        let mut json = Json(out);
+        json.raw(b"{\"id\":");
         json.text(self.id.as_str());
         json.raw(b",\"title\":");
         json.text(&self.title);
@@ -32,10 +38,22 @@ impl TaskView {
         json.text(&self.description);
         json.raw(b",\"status\":\"");
         json.raw(self.status.as_str().as_bytes());
-        json.raw(b"\",\"ready\":");
-        json.boolean(self.ready);
+        json.raw(b"\"");
+    }
+
+    /// The task object's `ready` and `blocked_by` members, each after a comma.
+    pub fn write_json_readiness(ready: bool, blocked_by: &[TaskId], out: &mut Vec<u8>) {
+        let mut json = Json(out);
+        json.raw(b",\"ready\":");
+        json.boolean(ready);
         json.raw(b",\"blocked_by\":");
-        json.list(&self.blocked_by, |json, id| json.text(id.as_str()));
+        json.list(blocked_by, |json, id| json.text(id.as_str()));
+    }
+
+    /// The task object's members after its readiness, from `priority` to `updated_at`, each
+    /// after a comma, without the closing brace ([`LiveTaskView`] adds `stale` before it).
+    pub fn write_json_tail(&self, out: &mut Vec<u8>) {
+        let mut json = Json(out);
         json.raw(b",\"priority\":");
         json.signed(self.priority);
         json.raw(b",\"depends_on\":");
@@ -97,9 +115,15 @@ impl LiveTaskView {
     /// flattened, then `stale`). It takes the parts so that a listing can fill one task view in
     /// place per task.
     pub fn write_json(task: &TaskView, stale: Option<&StaleView>, out: &mut Vec<u8>) {
+        task.write_json_head(out);
+        TaskView::write_json_readiness(task.ready, &task.blocked_by, out);
+        task.write_json_tail(out);
+        LiveTaskView::write_json_end(stale, out);
+    }
+
+    /// What follows a task object's tail in a live task object: `stale` and the closing brace.
+    pub fn write_json_end(stale: Option<&StaleView>, out: &mut Vec<u8>) {
         let mut json = Json(out);
-        json.raw(b"{");
-        task.write_fields(&mut json);
         json.raw(b",\"stale\":");
         match stale {
             Some(stale) => stale_view(&mut json, stale),
