@@ -104,6 +104,16 @@ impl MemberSet {
         })
     }
 
+    /// The members at `stamp`, by node id: the electorate of a claim made then.
+    pub fn at(&self, stamp: Stamp) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.keys().copied().filter(move |node| self.is_member_at(node, stamp))
+    }
+
+    /// How many nodes were members at `stamp`.
+    pub fn count_at(&self, stamp: Stamp) -> usize {
+        self.at(stamp).count()
+    }
+
     pub fn get(&self, node: &NodeId) -> Option<&Member> {
         self.members.get(node)
     }

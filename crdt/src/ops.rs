@@ -108,8 +108,8 @@ pub struct ClaimOptions {
     pub quorum: bool,
 }
 
-/// An acknowledgement this node owes: its vote for a pending quorum claim
-/// ([`Replica::acks_due`], [`Replica::acknowledge`]).
+/// An acknowledgement this node owes: its vote for a pending quorum claim or for another
+/// node's claim that holds a task ([`Replica::acks_due`], [`Replica::acknowledge`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AckDue {
     pub task: TaskId,
@@ -391,7 +391,7 @@ impl Replica {
     /// [`Replica::claim`] with options. A quorum claim is this node's vote for its generation,
     /// so it is refused (`CONFLICT`, retryable) once this node voted for another claim of that
     /// generation; asked again by the same agent it changes nothing. It succeeds while pending:
-    /// read its votes in `state.quorum[applied.record]`.
+    /// read its votes in `state.tallies[applied.record]`.
     pub fn claim_with(
         &mut self,
         speaker: Speaker<'_>,
@@ -495,7 +495,7 @@ impl Replica {
         let state = &self.entry_or_not_found(id)?.state;
         let node = self.node();
         let Some((voted_for, _)) =
-            state.quorum.iter().find(|(_, tally)| tally.generation == generation && tally.voters.contains(&node))
+            state.tallies.iter().find(|(_, tally)| tally.generation == generation && tally.voters.contains(&node))
         else {
             return Ok(None);
         };
@@ -728,6 +728,35 @@ impl Replica {
         tasks.into_iter().filter_map(|id| self.task(id)).filter_map(|entry| ack_due(&node, entry)).collect()
     }
 
+    /// This node's vote for its own claim `claim` of task `id`, which asks the mesh to confirm
+    /// it (invariant 7): signed when the claim still holds the task, is not confirmed already
+    /// and this node has not voted in its generation. The node asks once the settle time passed, so that a claim made at
+    /// the same moment elsewhere is likely seen first (and voted for instead, if it wins).
+    /// Returns the change, or `None` when there is nothing to vote for.
+    pub fn ask_confirmation(
+        &mut self,
+        key: &NodeKey,
+        id: &TaskId,
+        claim: RecordId,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, OpError> {
+        let entry = self.entry_or_not_found(id)?;
+        let state = &entry.state;
+        let holds = state.holder.as_ref().is_some_and(|holder| holder.claim == claim && holder.node == self.node());
+        let needless = state.is_confirmed(&claim) || state.has_voted(&self.node(), state.generation);
+        if !holds || needless || self.at_record_cap(id) {
+            return Ok(None);
+        }
+        let body = RecordBody::Ack { task: id.clone(), claim, generation: state.generation };
+        let signed = self.sign(key, None, body, now_ms)?;
+        self.note_signed(&signed);
+        let changes = self
+            .doc_mut()
+            .change(now_ms, "ask to confirm a claim", |tx, maps| put_task_record(tx, maps, id, &signed))?;
+        self.refresh_after_local(id, now_ms);
+        Ok(Some(changes))
+    }
+
     /// Signs and writes, as one change, the acknowledgements of `due` that are still due
     /// now (a stale list never makes this node vote twice) on tasks below
     /// `RECORDS_PER_TASK_MAX`. Returns the change, or `None` when none was due.
@@ -823,10 +852,24 @@ fn ack_due(node: &NodeId, entry: &TaskEntry) -> Option<AckDue> {
         None => claim.claim.generation == state.generation,
         Some(holder) => claim.claim.generation == state.generation + 1 && claim.stamp.wall_ms > holder.lease_until_ms,
     };
-    state
+    let pending = state
         .pending_quorum()
         .filter_map(|(id, tally)| state.claims.get(id).map(|claim| (*id, tally.generation, claim)))
         .filter(|(_, generation, claim)| decidable(claim) && !state.has_voted(node, *generation))
         .min_by_key(|(id, _, claim)| winner_key(&entry.fields.id, *id, claim))
-        .map(|(claim, generation, _)| AckDue { task: entry.fields.id.clone(), claim, generation })
+        .map(|(claim, generation, _)| AckDue { task: entry.fields.id.clone(), claim, generation });
+    // Else the holder's claim, made on another node: a majority of votes confirms it, and a
+    // confirmed claim never loses. A node votes for its own claims only when its agent asks
+    // for confirmation ([`Replica::ask_confirmation`]), after the settle time.
+    let holder = || {
+        let holder = state.holder.as_ref().filter(|holder| holder.node != *node)?;
+        let generation = state.generation;
+        let unconfirmed = !holder.quorum && !state.is_confirmed(&holder.claim);
+        (unconfirmed && !state.has_voted(node, generation)).then(|| AckDue {
+            task: entry.fields.id.clone(),
+            claim: holder.claim,
+            generation,
+        })
+    };
+    pending.or_else(holder)
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::gate;
-use crate::membership::{Member, MemberSet};
+use crate::membership::MemberSet;
 use crate::probes::ProbeBook;
 use crate::task::TaskFields;
 use crate::task_json_cache::TaskJsonCell;
@@ -54,10 +54,15 @@ pub struct TaskState {
     pub taken_over: Vec<TakenOver>,
     /// Every valid claim ever made on the task, won or lost, by id.
     pub claims: BTreeMap<RecordId, ClaimEntry>,
-    /// The votes of every quorum claim, by claim id. A quorum claim is a candidate for its
-    /// generation only once [`QuorumTally::reached`]; one that lacks a majority and is not in
-    /// `lost_claims` is pending ([`TaskState::pending_quorum`]).
-    pub quorum: BTreeMap<RecordId, QuorumTally>,
+    /// The votes of every quorum claim and of every other claim any member voted for, by
+    /// claim id. A claim whose tally [`QuorumTally::reached`] its majority is **confirmed**: it
+    /// wins its generation. A quorum claim is a candidate for its generation only once
+    /// confirmed; one that is not yet and is not in `lost_claims` is pending
+    /// ([`TaskState::pending_quorum`]).
+    pub tallies: BTreeMap<RecordId, QuorumTally>,
+    /// The members whose vote in a generation is cast (for any claim, counted or not), by
+    /// generation: a member votes once per generation.
+    pub voted: BTreeMap<u32, BTreeSet<NodeId>>,
     pub progress: Vec<Noted<ProgressNote>>,
     pub handoffs: Vec<Noted<Handoff>>,
     pub result: Option<Noted<String>>,
@@ -79,32 +84,41 @@ impl TaskState {
     /// Quorum claims waiting for votes: without a majority yet, and not lost (they may still
     /// count when acknowledgements arrive, so no loss is reported for them).
     pub fn pending_quorum(&self) -> impl Iterator<Item = (&RecordId, &QuorumTally)> {
-        self.quorum
-            .iter()
-            .filter(|(id, tally)| !tally.reached() && !self.lost_claims.iter().any(|lost| lost.claim == **id))
+        self.tallies.iter().filter(|(id, tally)| {
+            let quorum_claim = self.claims.get(*id).is_some_and(|entry| entry.claim.quorum);
+            quorum_claim && !tally.reached() && !self.lost_claims.iter().any(|lost| lost.claim == **id)
+        })
     }
 
-    /// Whether `node`'s vote in `generation` is already cast, for any quorum claim of it.
+    /// Whether `node`'s vote in `generation` is already cast, for any claim of it.
     pub fn has_voted(&self, node: &NodeId, generation: u32) -> bool {
-        self.quorum.values().any(|tally| tally.generation == generation && tally.voters.contains(node))
+        self.voted.get(&generation).is_some_and(|voters| voters.contains(node))
+    }
+
+    /// Whether `claim` is confirmed: a majority of the members at its stamp voted for it first
+    /// in its generation. A confirmed claim wins its generation and never loses (invariant 7).
+    pub fn is_confirmed(&self, claim: &RecordId) -> bool {
+        self.tallies.get(claim).is_some_and(QuorumTally::reached)
     }
 }
 
-/// The votes of one quorum claim (invariant 7, quorum claims are exclusive).
+/// The votes of one claim (invariant 7, confirmed claims are exclusive).
 ///
-/// A member's votes for (task, generation) are its `ack` records naming a quorum claim of
-/// that generation and its own quorum claims of that generation; only the first, by
-/// `(stamp, record id)`, counts. So a member counts toward at most one quorum claim per
-/// generation, whatever it signs, and two claims can never both have a majority.
+/// A member's votes for (task, generation) are its `ack` records naming a claim of that
+/// generation and its own quorum claims of that generation; only the first, by
+/// `(stamp, record id)`, counts. The electorate of a claim is the members at its stamp: so a
+/// member counts toward at most one claim per generation, whatever it signs, and two claims
+/// made under one electorate can never both have a majority.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuorumTally {
     /// The generation the claim claims.
     pub generation: u32,
-    /// Current members whose first vote of the generation is this claim, by node id.
+    /// Members at the claim's stamp whose first vote of the generation is this claim, by node
+    /// id.
     pub voters: Vec<NodeId>,
     /// `voters.len()`.
     pub votes: u32,
-    /// Votes needed to count: a majority of the current members, `members / 2 + 1`.
+    /// Votes needed to count: a majority of the members at the claim's stamp, `members / 2 + 1`.
     pub needed: u32,
 }
 
@@ -246,7 +260,8 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
         lost_claims: Vec::new(),
         taken_over: Vec::new(),
         claims: BTreeMap::new(),
-        quorum: BTreeMap::new(),
+        tallies: BTreeMap::new(),
+        voted: BTreeMap::new(),
         progress: Vec::new(),
         handoffs: Vec::new(),
         result: None,
@@ -267,8 +282,8 @@ pub fn resolve(fields: &TaskFields, stored: &[StoredRecord], context: ResolveCon
     state.approved = !approvals.is_empty();
     let first_approval = approvals.iter().min().copied();
     collect_claims(fields, &records, context, first_approval, &mut state);
-    state.quorum = tally_quorum(&records, &state.claims, context.members);
-    let quorum = QuorumWalk::new(&state, context.members.current().count());
+    (state.tallies, state.voted) = tally_votes(&records, &state.claims, context.members);
+    let quorum = QuorumWalk::new(&state, context.members);
     run_generations(fields, &records, &quorum, &mut state);
     apply_finishing_records(&records, &mut state);
     close_pending_on_finished(&mut state);
@@ -352,27 +367,26 @@ fn collect_claims(
     }
 }
 
-/// Tallies the votes of every quorum claim (invariant 7, quorum claims are exclusive): each
+/// Tallies the votes of every claim (invariant 7, confirmed claims are exclusive): each
 /// signer's first vote per generation, by `(stamp, record id)`, counts for the claim it names
-/// when the signer is a current member. An `ack` that names no quorum claim of this task and
-/// of its own generation is no vote at all: it is kept and counted in `records`, never obeyed.
-fn tally_quorum(
+/// when the signer was a member at that claim's stamp. An `ack` that names no claim of this
+/// task and of its own generation is no vote at all: it is kept and counted in `records`,
+/// never obeyed. Returns the tallies (every quorum claim's, and every claim's with a vote) and
+/// who voted in each generation.
+fn tally_votes(
     records: &[SignedRecord],
     claims: &BTreeMap<RecordId, ClaimEntry>,
     members: &MemberSet,
-) -> BTreeMap<RecordId, QuorumTally> {
-    let is_quorum_claim_of = |claim: &RecordId, generation: u32| {
-        claims.get(claim).is_some_and(|entry| entry.claim.quorum && entry.claim.generation == generation)
-    };
+) -> (BTreeMap<RecordId, QuorumTally>, BTreeMap<u32, BTreeSet<NodeId>>) {
+    let is_claim_of =
+        |claim: &RecordId, generation: u32| claims.get(claim).is_some_and(|entry| entry.claim.generation == generation);
     // (generation, signer) -> ((stamp, record id) of its first vote, the claim it names).
     let mut first_votes: BTreeMap<(u32, NodeId), ((Stamp, RecordId), RecordId)> = BTreeMap::new();
     for signed in records {
         let record = signed.record();
         let (generation, claim) = match &record.body {
             RecordBody::Claim(claim) if claim.quorum => (claim.generation, signed.id()),
-            RecordBody::Ack { claim, generation, .. } if is_quorum_claim_of(claim, *generation) => {
-                (*generation, *claim)
-            }
+            RecordBody::Ack { claim, generation, .. } if is_claim_of(claim, *generation) => (*generation, *claim),
             _ => continue,
         };
         let vote = ((record.stamp, signed.id()), claim);
@@ -381,33 +395,49 @@ fn tally_quorum(
             *first = vote;
         }
     }
-    let needed = u32::try_from(members.current().count() / 2 + 1).unwrap_or(u32::MAX);
-    let mut tallies: BTreeMap<RecordId, QuorumTally> = claims
-        .iter()
-        .filter(|(_, entry)| entry.claim.quorum)
-        .map(|(id, entry)| {
-            (*id, QuorumTally { generation: entry.claim.generation, voters: Vec::new(), votes: 0, needed })
-        })
-        .collect();
+    let tally_of = |entry: &ClaimEntry| {
+        let electorate = members.count_at(entry.stamp);
+        let needed = u32::try_from(electorate / 2 + 1).unwrap_or(u32::MAX);
+        QuorumTally { generation: entry.claim.generation, voters: Vec::new(), votes: 0, needed }
+    };
+    let mut tallies: BTreeMap<RecordId, QuorumTally> =
+        claims.iter().filter(|(_, entry)| entry.claim.quorum).map(|(id, entry)| (*id, tally_of(entry))).collect();
+    let mut voted: BTreeMap<u32, BTreeSet<NodeId>> = BTreeMap::new();
     // In (generation, signer) order, so each tally's voters come sorted by node id.
-    for ((_, voter), (_, claim)) in &first_votes {
-        let current = members.get(voter).is_some_and(Member::is_current);
-        if let Some(tally) = tallies.get_mut(claim).filter(|_| current) {
-            tally.voters.push(*voter);
-            tally.votes += 1;
+    for ((generation, voter), (_, claim)) in &first_votes {
+        voted.entry(*generation).or_default().insert(*voter);
+        let Some(entry) = claims.get(claim) else { continue };
+        if !members.is_member_at(voter, entry.stamp) {
+            continue;
         }
+        let tally = tallies.entry(*claim).or_insert_with(|| tally_of(entry));
+        tally.voters.push(*voter);
+        tally.votes += 1;
     }
-    // Each current member counts once per generation, so the votes of one generation add up
-    // to at most the member count, and two claims cannot both have more than half of it.
-    let mut reached_per_generation: BTreeMap<u32, u32> = BTreeMap::new();
-    for tally in tallies.values().filter(|tally| tally.reached()) {
-        *reached_per_generation.entry(tally.generation).or_default() += 1;
+    assert_exclusive(&tallies, claims, members);
+    (tallies, voted)
+}
+
+/// Invariant 7: each member counts once per generation, so two claims made under one
+/// electorate cannot both have more than half of it. Claims under different electorates (the
+/// members changed between their stamps) can: the walk takes the first in the winner order,
+/// and docs/PROTOCOL.md says why that is the limit.
+fn assert_exclusive(
+    tallies: &BTreeMap<RecordId, QuorumTally>,
+    claims: &BTreeMap<RecordId, ClaimEntry>,
+    members: &MemberSet,
+) {
+    let mut confirmed: BTreeMap<u32, Vec<Vec<NodeId>>> = BTreeMap::new();
+    for (id, tally) in tallies.iter().filter(|(_, tally)| tally.reached()) {
+        let Some(entry) = claims.get(id) else { continue };
+        let electorate: Vec<NodeId> = members.at(entry.stamp).collect();
+        let of_generation = confirmed.entry(tally.generation).or_default();
+        assert!(
+            !of_generation.contains(&electorate),
+            "invariant 7: two claims of one generation confirmed by majorities of one electorate"
+        );
+        of_generation.push(electorate);
     }
-    assert!(
-        reached_per_generation.values().all(|count| *count <= 1),
-        "invariant 7: two quorum claims of one generation count"
-    );
-    tallies
 }
 
 /// What the generation walk needs to know about quorum claims.
@@ -417,32 +447,35 @@ struct QuorumWalk {
     pending: BTreeMap<u32, Vec<(RecordId, ClaimEntry)>>,
     /// The ids of the claims in `pending`.
     pending_ids: BTreeSet<RecordId>,
-    /// Generations whose votes split: every current member that voted is spent, and even if
-    /// all the others voted for the best pending claim it would lack a majority.
+    /// Generations whose votes split: every member that voted is spent, and even if all the
+    /// others of its electorate voted for it, no pending claim would reach its majority.
     split: BTreeSet<u32>,
 }
 
 impl QuorumWalk {
-    fn new(state: &TaskState, member_count: usize) -> QuorumWalk {
+    fn new(state: &TaskState, members: &MemberSet) -> QuorumWalk {
         let refused: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
         let mut pending: BTreeMap<u32, Vec<(RecordId, ClaimEntry)>> = BTreeMap::new();
-        let mut voted: BTreeMap<u32, BTreeSet<NodeId>> = BTreeMap::new();
-        for (id, tally) in &state.quorum {
-            voted.entry(tally.generation).or_default().extend(tally.voters.iter().copied());
+        for (id, tally) in &state.tallies {
             if tally.reached() || refused.contains(id) {
                 continue;
             }
-            if let Some(entry) = state.claims.get(id) {
+            if let Some(entry) = state.claims.get(id).filter(|entry| entry.claim.quorum) {
                 pending.entry(tally.generation).or_default().push((*id, entry.clone()));
             }
         }
+        // Split: no pending claim of the generation can reach its majority any more, even if
+        // every member of its electorate that has not voted yet voted for it.
         let split = pending
             .iter()
             .filter(|(generation, claims)| {
-                let best = claims.iter().filter_map(|(id, _)| state.quorum.get(id)).map(|tally| tally.votes);
-                let best = best.max().unwrap_or(0) as usize;
-                let unvoted = member_count.saturating_sub(voted.get(generation).map_or(0, BTreeSet::len));
-                best + unvoted < member_count / 2 + 1
+                let voted = state.voted.get(generation);
+                claims.iter().all(|(id, entry)| {
+                    let votes = state.tallies.get(id).map_or(0, |tally| tally.votes as usize);
+                    let electorate: Vec<NodeId> = members.at(entry.stamp).collect();
+                    let unvoted = electorate.iter().filter(|node| voted.is_none_or(|voted| !voted.contains(node)));
+                    votes + unvoted.count() < electorate.len() / 2 + 1
+                })
             })
             .map(|(generation, _)| *generation)
             .collect();
@@ -522,6 +555,16 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
         .filter(|(id, _)| !refused.contains(*id) && !quorum.pending_ids.contains(*id))
         .map(|(id, entry)| (*id, entry.clone()))
         .collect();
+    // Confirmed claims (a majority voted for them) by generation, best first: a confirmed
+    // claim wins its generation and ends the tenure before it (invariant 7).
+    let mut confirmed: BTreeMap<u32, (RecordId, ClaimEntry)> = BTreeMap::new();
+    for (id, entry) in eligible.iter().filter(|(id, _)| state.is_confirmed(id)) {
+        let best = confirmed.entry(entry.claim.generation).or_insert_with(|| (*id, entry.clone()));
+        if winner_key(&fields.id, *id, entry) < winner_key(&fields.id, best.0, &best.1) {
+            *best = (*id, entry.clone());
+        }
+    }
+    let confirmed_ids: BTreeSet<RecordId> = confirmed.values().map(|(id, _)| *id).collect();
     let mut previous_end: Option<Stamp> = None;
     let mut placed: BTreeSet<RecordId> = BTreeSet::new();
     loop {
@@ -536,27 +579,35 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
         // A claim counts only while fewer generations failed than the limit it names: out of
         // attempts, nobody may hold the task again on those terms.
         let failures = state.failures;
-        let within_attempts =
-            |(_, entry): &&(RecordId, ClaimEntry)| failures < claim_terms(fields, &entry.claim).max_attempts;
+        // A confirmed claim is exempt: a majority saw the task open to it.
+        let within_attempts = |(id, entry): &&(RecordId, ClaimEntry)| {
+            confirmed_ids.contains(id) || failures < claim_terms(fields, &entry.claim).max_attempts
+        };
         let (candidates, closed): (Vec<_>, Vec<_>) = candidates.into_iter().partition(within_attempts);
         let (waiting, closed_waiting): (Vec<_>, Vec<_>) = waiting.into_iter().partition(within_attempts);
         for (id, entry) in closed.iter().chain(&closed_waiting) {
             place_lost(state, &mut placed, *id, entry, LossReason::TaskClosed);
         }
-        let Some((winner_id, winner)) = candidates
-            .iter()
-            .min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry))
+        let confirmed_here = candidates.iter().find(|(id, _)| confirmed_ids.contains(id));
+        let Some((winner_id, winner)) = confirmed_here
+            .or_else(|| candidates.iter().min_by_key(|(id, entry)| winner_key(&fields.id, *id, entry)))
             .map(|(id, entry)| (*id, entry.clone()))
         else {
             let split_within_attempts = quorum
                 .pending_of(generation)
                 .iter()
                 .any(|(_, entry)| failures < claim_terms(fields, &entry.claim).max_attempts);
-            if quorum.split.contains(&generation) && split_within_attempts {
+            let split = quorum.split.contains(&generation) && split_within_attempts;
+            // A confirmed claim of a later generation: a majority saw this one end (its
+            // winner's claim stopped counting since, say, by a removal signed before it).
+            let confirmed_later = confirmed.range(generation + 1..).next().is_some();
+            if split || confirmed_later {
                 // Nobody can count in this generation: it ends with no holder and no lease
                 // to protect, so the next one opens at once.
+                let open = generation + 1;
                 for (id, entry) in &waiting {
-                    place_lost(state, &mut placed, *id, entry, LossReason::QuorumSplit);
+                    let reason = if split { LossReason::QuorumSplit } else { LossReason::WrongGeneration { open } };
+                    place_lost(state, &mut placed, *id, entry, reason);
                 }
                 previous_end = None;
                 state.generation += 1;
@@ -578,7 +629,9 @@ fn run_generations(fields: &TaskFields, records: &[SignedRecord], quorum: &Quoru
             .iter()
             .any(|(_, entry)| entry.claim.generation == generation + 1 && entry.stamp.wall_ms > lease_until)
             || quorum.split_after(generation + 1, lease_until);
-        match tenure_end(winner_id, &winner, records, lease_until, taken_over) {
+        // The first confirmed claim of a later generation: a majority saw this tenure end.
+        let confirmed_next = confirmed.range(generation + 1..).next().map(|(_, (_, entry))| entry.stamp);
+        match tenure_end(winner_id, &winner, records, lease_until, taken_over, confirmed_next) {
             TenureEnd::Held => {
                 state.status = TaskStatus::Claimed;
                 state.holder = Some(Holder {
@@ -680,13 +733,17 @@ fn lease_until_ms(claim_id: RecordId, claim: &ClaimEntry, records: &[SignedRecor
 }
 
 /// Whether and when the holder's tenure ended: its earliest release or failure, or the
-/// expiry of its lease when a next-generation claim stamped after that expiry takes over.
+/// expiry of its lease when a next-generation claim stamped after that expiry takes over, or
+/// just before a confirmed claim of a later generation (`confirmed_next`, its stamp): a
+/// majority saw the tenure end, so a renewal or a closing record they did not see cannot undo
+/// that.
 fn tenure_end(
     claim_id: RecordId,
     claim: &ClaimEntry,
     records: &[SignedRecord],
     lease_until: u64,
     taken_over: bool,
+    confirmed_next: Option<Stamp>,
 ) -> TenureEnd {
     let closing = records
         .iter()
@@ -701,13 +758,20 @@ fn tenure_end(
                 _ => None,
             }
         })
-        .min_by_key(|(stamp, signed, _)| (*stamp, signed.id()));
+        .min_by_key(|(stamp, signed, _)| (*stamp, signed.id()))
+        .filter(|(stamp, _, _)| confirmed_next.is_none_or(|next| *stamp < next));
     match closing {
         Some((stamp, signed, reason)) => TenureEnd::Ended {
             at: stamp,
             failed: reason.is_some(),
             failure: reason.map(|reason| noted(signed, reason.clone())),
             taken_over: false,
+        },
+        None if let Some(next) = confirmed_next => TenureEnd::Ended {
+            at: just_before(next).min(Stamp { wall_ms: lease_until, logical: u32::MAX }),
+            failed: true,
+            failure: None,
+            taken_over: true,
         },
         // Every stamp of the lease's last millisecond is inside it.
         None if taken_over => TenureEnd::Ended {
@@ -717,6 +781,14 @@ fn tenure_end(
             taken_over: true,
         },
         None => TenureEnd::Held,
+    }
+}
+
+/// The stamp right before `stamp`: a tenure taken over by a claim ends before that claim.
+fn just_before(stamp: Stamp) -> Stamp {
+    match stamp.logical.checked_sub(1) {
+        Some(logical) => Stamp { logical, ..stamp },
+        None => Stamp { wall_ms: stamp.wall_ms.saturating_sub(1), logical: u32::MAX },
     }
 }
 
@@ -744,7 +816,7 @@ fn apply_finishing_records(records: &[SignedRecord], state: &mut TaskState) {
         }
         // A quorum claim without its majority never won, whatever the node that wrote the
         // `done` believed; its result is kept beside the others like a loser's.
-        let counted = state.quorum.get(claim).is_none_or(QuorumTally::reached);
+        let counted = !entry.claim.quorum || state.is_confirmed(claim);
         let won = counted && !state.lost_claims.iter().any(|lost| lost.claim == *claim);
         let result = noted(signed, summary.clone());
         if won && accepted.as_ref().is_none_or(|(generation, _)| entry.claim.generation > *generation) {

@@ -231,7 +231,7 @@ fn the_derived_state_encoding_is_pinned_to_its_version() {
     let state = &bytes[state];
     let digest: String = Sha256::digest(state)[..16].iter().map(|byte| format!("{byte:02x}")).collect();
     let pinned = format!("state version {}: {} bytes, sha256 {digest}", header.state_version, state.len());
-    expect_test::expect!["state version 3: 2549 bytes, sha256 3e9dd32a5220e19810803675f2e38189"].assert_eq(&pinned);
+    expect_test::expect!["state version 4: 2558 bytes, sha256 c50c03a7f9fb4231929e7298bb114ac7"].assert_eq(&pinned);
     assert_eq!(header.node, node_digest(&live.node()));
 }
 

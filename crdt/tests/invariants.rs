@@ -217,7 +217,7 @@ fn assert_one_holder(replica: &Replica) {
         let lost: BTreeSet<RecordId> = state.lost_claims.iter().map(|lost| lost.claim).collect();
         let mut winners_per_generation: BTreeMap<u32, usize> = BTreeMap::new();
         for (id, claim) in &state.claims {
-            let pending = state.quorum.get(id).is_some_and(|tally| !tally.reached());
+            let pending = state.tallies.get(id).is_some_and(|tally| !tally.reached());
             if !lost.contains(id) && !pending {
                 *winners_per_generation.entry(claim.claim.generation).or_default() += 1;
             }
@@ -438,7 +438,7 @@ fn assert_quorum_exclusive(replica: &Replica) {
         let state = &entry.state;
         let mut counting: BTreeMap<u32, Vec<RecordId>> = BTreeMap::new();
         let mut voters: BTreeMap<u32, Vec<meshwork_protocol::NodeId>> = BTreeMap::new();
-        for (id, tally) in &state.quorum {
+        for (id, tally) in &state.tallies {
             assert_eq!(tally.votes as usize, tally.voters.len());
             assert_eq!(tally.needed, members / 2 + 1);
             if tally.votes * 2 > members {
@@ -454,7 +454,7 @@ fn assert_quorum_exclusive(replica: &Replica) {
             assert_eq!(distinct.len(), voters.len(), "a member voted twice in generation {generation}");
         }
         if let Some(holder) = state.holder.as_ref().filter(|holder| holder.quorum) {
-            assert!(state.quorum[&holder.claim].reached(), "a quorum claim holds without a majority");
+            assert!(state.tallies[&holder.claim].reached(), "a quorum claim holds without a majority");
         }
     }
 }

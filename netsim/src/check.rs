@@ -22,7 +22,8 @@ pub mod invariant {
     pub const FINISHED_STAYS_FINISHED: &str = "finished stays finished";
     pub const LOSERS_TOLD: &str = "losers told exactly once";
     pub const GATES_HOLD: &str = "gates hold";
-    pub const QUORUM_EXCLUSIVE: &str = "quorum claims are exclusive";
+    pub const QUORUM_EXCLUSIVE: &str = "confirmed claims are exclusive";
+    pub const CONFIRMED_NEVER_LOSES: &str = "a confirmed claim never loses";
     pub const LIVENESS: &str = "liveness";
     pub const STALE_TAKEN_OVER: &str = "stale tasks are taken over";
     pub const HOLDERS_TOLD: &str = "a holder whose lease ran out is told once";
@@ -69,8 +70,10 @@ pub struct Checker {
     acknowledged: BTreeMap<usize, BTreeSet<Acknowledged>>,
     /// Tasks each node has seen finished: how, and by whose record (signer, stamp).
     finished: BTreeMap<usize, BTreeMap<TaskId, Finish>>,
-    /// The quorum claim that counted first in each (task, generation), anywhere.
+    /// The claim confirmed first in each (task, generation), anywhere.
     quorum_counted: BTreeMap<(TaskId, u32), (RecordId, usize)>,
+    /// Every claim any node saw confirmed (a `quorum` receipt), and the node that saw it first.
+    confirmed: BTreeMap<(TaskId, RecordId), usize>,
     /// The export each node showed at its current heads.
     exports: BTreeMap<usize, (Vec<u8>, [u8; 32])>,
     /// Every requirement list each task was given, at creation or by an edit, as sorted texts:
@@ -126,6 +129,7 @@ impl Checker {
         self.finished_stays_finished(at_us, node, replica);
         self.gates_hold(at_us, node, replica);
         self.quorum_exclusive(at_us, node, replica);
+        self.confirmed_never_loses(at_us, node, replica);
         self.equal_heads_equal_exports(at_us, nodes, node);
     }
 
@@ -214,9 +218,12 @@ impl Checker {
         }
     }
 
+    /// Invariant 7 across nodes: no two claims of one generation are ever confirmed, on any
+    /// nodes at any times, unless they were made under different electorates (the members
+    /// changed between their stamps: docs/PROTOCOL.md, "Receipts", says why that is the limit).
     fn quorum_exclusive(&mut self, at_us: u64, node: usize, replica: &Replica) {
         for entry in replica.tasks().values() {
-            for (claim, tally) in entry.state.quorum.iter().filter(|(_, tally)| tally.reached()) {
+            for (claim, tally) in entry.state.tallies.iter().filter(|(_, tally)| tally.reached()) {
                 let key = (entry.fields.id.clone(), tally.generation);
                 let (first, by) = *self.quorum_counted.entry(key.clone()).or_insert((*claim, node));
                 // A claim signed after its signer's removal never counted: a node that saw it
@@ -225,13 +232,47 @@ impl Checker {
                     self.quorum_counted.insert(key, (*claim, node));
                     continue;
                 }
-                if first != *claim {
+                if first != *claim && same_electorate(replica, &entry.state, &first, claim) {
                     self.violate(
                         invariant::QUORUM_EXCLUSIVE,
                         at_us,
                         format!(
-                            "task {} generation {}: claim {first} counted on n{by}, claim {claim} on n{node}",
+                            "task {} generation {}: claim {first} confirmed on n{by}, claim {claim} on n{node}",
                             entry.fields.id, tally.generation
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Invariant 7 for receipts: a claim a node saw confirmed (its agent was told `quorum`)
+    /// never loses, in any state of any node that has its votes, and so never at quiescence.
+    /// The exceptions are those of [`Checker::quorum_exclusive`]: a claim that stopped
+    /// counting because its signer's removal was stamped before it, and two claims confirmed
+    /// under different electorates.
+    fn confirmed_never_loses(&mut self, at_us: u64, node: usize, replica: &Replica) {
+        for entry in replica.tasks().values() {
+            let state = &entry.state;
+            for (claim, _) in state.tallies.iter().filter(|(_, tally)| tally.reached()) {
+                self.confirmed.entry((entry.fields.id.clone(), *claim)).or_insert(node);
+            }
+            for lost in &state.lost_claims {
+                let Some(by) = self.confirmed.get(&(entry.fields.id.clone(), lost.claim)).copied() else { continue };
+                let has_its_votes = state.is_confirmed(&lost.claim);
+                let rival = state.tallies.iter().any(|(other, tally)| {
+                    *other != lost.claim
+                        && tally.reached()
+                        && tally.generation == lost.generation
+                        && !same_electorate(replica, state, other, &lost.claim)
+                });
+                if has_its_votes && state.claims.contains_key(&lost.claim) && !rival {
+                    self.violate(
+                        invariant::CONFIRMED_NEVER_LOSES,
+                        at_us,
+                        format!(
+                            "task {}: claim {} confirmed on n{by} lost on n{node}: {}",
+                            entry.fields.id, lost.claim, lost.reason
                         ),
                     );
                 }
@@ -575,4 +616,12 @@ fn dead_end(
         return false;
     }
     !runnable(entry) || entry.fields.depends_on.iter().any(|dependency| dead_end(replica, dependency, runnable, seen))
+}
+
+/// Whether two claims of a task were made under the same electorate (the members at their
+/// stamps), as `replica` knows the members.
+fn same_electorate(replica: &Replica, state: &meshwork_crdt::resolve::TaskState, a: &RecordId, b: &RecordId) -> bool {
+    let electorate =
+        |claim: &RecordId| state.claims.get(claim).map(|entry| replica.members().at(entry.stamp).collect::<Vec<_>>());
+    electorate(a) == electorate(b)
 }

@@ -15,7 +15,7 @@ use meshwork_crdt::sync::{SyncInput, SyncOutput};
 use meshwork_crdt::{Replica, Speaker};
 use meshwork_protocol::api::{AddTask, EditTask, HandoffRequest};
 use meshwork_protocol::record::{Claim, Membership, MembershipAction};
-use meshwork_protocol::{NodeKey, RecordBody, TaskId};
+use meshwork_protocol::{NodeKey, RecordBody, RecordId, TaskId};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use sha2::{Digest, Sha256};
@@ -35,6 +35,10 @@ pub const SETTLE_BOUND_US: u64 = 60 * SECOND_US;
 pub const FINISH_US: u64 = 2 * 3600 * SECOND_US;
 /// A run that handles more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 2_000_000;
+/// How long a node waits after a plain claim before it asks the mesh to confirm it: the node
+/// binary's settle time, about two round trips (docs/PROTOCOL.md, "Receipts").
+const SETTLE_US_MIN: u64 = 10_000;
+const SETTLE_US_MAX: u64 = 200_000;
 /// The longest a node's lease timer sleeps: it wakes at the next lease end of its own
 /// agents ([`Replica::next_lease_expiry_ms`]) or after this, whichever comes first (a claim
 /// made meanwhile may end sooner than the lease it slept for).
@@ -87,6 +91,14 @@ enum Event {
     LeaseTimer {
         node: usize,
         boot: u32,
+    },
+    /// The settle time after a plain claim passed: the node asks the mesh to confirm it
+    /// (`Replica::ask_confirmation`), as the node binary does before it answers.
+    AskConfirmation {
+        node: usize,
+        boot: u32,
+        task: TaskId,
+        claim: RecordId,
     },
     EndWork,
     CheckSettled,
@@ -388,6 +400,11 @@ impl Sim {
             Event::LeaseTimer { node, boot } => {
                 if self.nodes[node].live.is_some() && self.nodes[node].disk.boot == boot {
                     self.lease_timer(node);
+                }
+            }
+            Event::AskConfirmation { node, boot, task, claim } => {
+                if self.nodes[node].live.is_some() && self.nodes[node].disk.boot == boot {
+                    self.ask_confirmation(node, &task, claim);
                 }
             }
             Event::EndWork => {
@@ -897,6 +914,25 @@ impl Sim {
         }
     }
 
+    fn ask_confirmation(&mut self, node: usize, task: &TaskId, claim: RecordId) {
+        let wall = self.nodes[node].wall_ms(self.now_us);
+        let sim_node = &mut self.nodes[node];
+        let Some(live) = &mut sim_node.live else { return };
+        match live.replica.ask_confirmation(&sim_node.key, task, claim, wall) {
+            Ok(Some(changes)) => {
+                sim_node.disk.write_durable(changes);
+                self.dirty.insert(node);
+                self.trace.line(self.now_us, &format!("n{node} asks to confirm its claim {claim} of {task}"));
+                self.inputs.push_back((node, SyncInput::LocalChange));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let detail = format!("n{node}: asking to confirm {claim}: {}", error.to_error_body().message);
+                self.check.violate(invariant::NO_AUTOMERGE_ERRORS, self.now_us, detail);
+            }
+        }
+    }
+
     // ---- the agents ----
 
     fn work(&mut self, node: usize) {
@@ -1008,6 +1044,7 @@ impl Sim {
                     Some(Acknowledged::Record(_, record)) => format!(" ({record})"),
                     _ => String::new(),
                 };
+                let refused = refusal.is_some();
                 let answer = refusal.map_or_else(
                     || "ok".to_owned(),
                     |refusal| format!("{} (written: {})", refusal.code.as_str(), refusal.message),
@@ -1027,6 +1064,14 @@ impl Sim {
                     && let Some(entry) = task.as_ref().and_then(|task| replica.task(task))
                 {
                     self.check.requirements_given(&entry.fields.id, &entry.fields.requires);
+                }
+                // A plain claim that holds asks the mesh to confirm it once the settle time passed.
+                let plain_claim = matches!(op, Op::Claim { quorum: false, .. } | Op::ClaimNext | Op::TakeOver { .. });
+                if let (true, false, Some(Acknowledged::Record(task, claim))) = (plain_claim, refused, &kept) {
+                    let boot = sim_node.disk.boot;
+                    let ask = Event::AskConfirmation { node, boot, task: task.clone(), claim: *claim };
+                    let settle_us = self.rng.random_range(SETTLE_US_MIN..=SETTLE_US_MAX);
+                    self.schedule(settle_us, ask);
                 }
                 if let Some(kept) = kept {
                     self.check.acknowledge(node, kept);

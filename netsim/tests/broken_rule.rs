@@ -26,10 +26,12 @@ fn first_catch(rule: BrokenRule, seeds: u64, wanted: &[&str]) -> Option<u64> {
 }
 
 /// The defect of judging claims by the task's editable fields: the agents edit requirements
-/// while claims run, and a done task that an edit reopened is caught (seed 14 of 0..20).
+/// while claims run, and a claim the mesh confirmed that an edit then refused (seed 0), or a
+/// done task that an edit reopened, is caught.
 #[test]
-fn claims_judged_by_editable_fields_are_caught_as_finished_not_staying_finished() {
-    let caught = first_catch(BrokenRule::ClaimsJudgedByFields, 20, &[invariant::FINISHED_STAYS_FINISHED]);
+fn claims_judged_by_editable_fields_are_caught() {
+    let wanted = [invariant::CONFIRMED_NEVER_LOSES, invariant::FINISHED_STAYS_FINISHED];
+    let caught = first_catch(BrokenRule::ClaimsJudgedByFields, 20, &wanted);
     assert!(caught.is_some(), "20 seeds ran with claims judged by edited fields and no checker noticed");
 }
 

@@ -24,7 +24,7 @@ use meshwork_protocol::event::Event;
 use meshwork_protocol::invite::InviteToken;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
-use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, TaskId};
+use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, RecordId, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -458,6 +458,14 @@ impl QueueActor {
         let settling = matches!(mutation, Mutation::Claim(_))
             && answer.is_ok()
             && (quorum_timeout_ms.is_some() || !frames.is_empty());
+        // With no peer to race, the settle time is nil: the claim asks the mesh to confirm it
+        // in the same durable write (in a mesh of one, its own vote confirms it).
+        if let (true, 0, Mutation::Claim(ClaimTask { quorum: false, .. }), Ok(applied)) =
+            (settling, self.net.facts().settle_ms(), &mutation, &outcome)
+            && let Some(claim) = applied.record
+        {
+            frames.extend(self.ask_confirmation(&applied.task, claim, now));
+        }
         // Retryable failures are not kept: repeating the request must be able to succeed.
         let keep_now = answer.as_ref().err().is_none_or(|error| !error.retryable) && quorum_timeout_ms.is_none();
         if let Some(key) = request_key.clone().filter(|_| keep_now) {
@@ -481,6 +489,20 @@ impl QueueActor {
                 self.write_then_settle(frames, answer, settled).await
             }
             _ => self.write_then_answer(frames, answer, reply).await,
+        }
+    }
+
+    /// This node's vote for its own claim, which holds the task: it asks the mesh to confirm
+    /// the claim (docs/PROTOCOL.md, "Confirmation and receipts"). Nothing when the claim no
+    /// longer holds or this node voted in its generation already.
+    fn ask_confirmation(&mut self, task: &TaskId, claim: RecordId, now: u64) -> Option<Frame> {
+        let key = Arc::clone(&self.key);
+        match self.replica.ask_confirmation(&key, task, claim, now) {
+            Ok(changes) => changes.map(Frame::Changes),
+            Err(error) => {
+                warn!(error = %error.to_error_body().message, %task, "could not ask to confirm a claim");
+                None
+            }
         }
     }
 
@@ -512,14 +534,18 @@ impl QueueActor {
         let still_ours =
             holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
         if still_ours {
+            let asked = match (settled.quorum_deadline, settled.claim) {
+                (None, Some(claim)) => self.ask_confirmation(&settled.task.clone(), claim, now_ms()),
+                _ => None,
+            };
             let won: Answer = self.task_answer(task);
-            return self.answer_settled(settled, won).await;
+            return self.answer_settled(settled, won, asked).await;
         }
         // A quorum claim still waiting for its majority.
         let tally = settled.claim.and_then(|claim| {
             let state = state.as_ref()?;
             let pending = !state.lost_claims.iter().any(|lost| lost.claim == claim);
-            state.quorum.get(&claim).filter(|tally| pending && !tally.reached()).cloned()
+            state.tallies.get(&claim).filter(|tally| pending && !tally.reached()).cloned()
         });
         if let (Some(tally), Some(deadline)) = (tally, settled.quorum_deadline) {
             if tokio::time::Instant::now() < deadline {
@@ -553,7 +579,7 @@ impl QueueActor {
         let task = task.clone();
         let touched = meshwork_crdt::Touched { tasks: [task.clone()].into_iter().collect(), ..Default::default() };
         self.fulfil_duties(&touched).await;
-        self.answer_settled(settled, lost).await;
+        self.answer_settled(settled, lost, None).await;
     }
 
     /// Looks again at every quorum claim waiting for its majority: answered once it counts,
@@ -566,8 +592,8 @@ impl QueueActor {
 
     /// Answers a settled claim, keeping the answer for its request id (which was not kept
     /// when the claim was written, or which this answer replaces).
-    async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer) {
-        let mut frames = Vec::new();
+    async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer, vote: Option<Frame>) {
+        let mut frames: Vec<Frame> = vote.into_iter().collect();
         let replaces = !settled.kept || answer.is_err();
         let keep = replaces && answer.as_ref().err().is_none_or(|error| !error.retryable);
         if let Some(key) = settled.request_key.filter(|_| keep) {
