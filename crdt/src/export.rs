@@ -8,16 +8,16 @@
 use std::collections::BTreeMap;
 
 use meshwork_protocol::api::{
-    CheckView, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, ResultView, StaleView,
-    TaskView,
+    CheckView, Confirmation, FailureView, HandoffView, HolderView, LiveTaskView, LostClaimView, ProgressView, Receipt,
+    ResultView, StaleView, TaskView,
 };
 use meshwork_protocol::time::{format_rfc3339_ms, write_rfc3339_ms};
-use meshwork_protocol::{AgentName, NodeId};
+use meshwork_protocol::{AgentName, NodeId, RecordId};
 use serde::Serialize;
 
 use crate::replica::Replica;
 use crate::resolve::Noted;
-use crate::resolve::TaskEntry;
+use crate::resolve::{TaskEntry, majority};
 
 fn agent_text(agent: &Option<AgentName>) -> String {
     agent.as_ref().map(ToString::to_string).unwrap_or_default()
@@ -91,6 +91,7 @@ impl Replica {
             .map(|entry| LiveTaskView {
                 task: self.task_view_with(entry, &mut texts),
                 stale: self.stale_view(entry, now_ms, &mut texts),
+                receipt: None,
             })
             .collect()
     }
@@ -207,6 +208,7 @@ impl Replica {
             claimed_at: format_rfc3339_ms(holder.claimed_at.wall_ms),
             lease_until: format_rfc3339_ms(holder.lease_until_ms),
             quorum: holder.quorum,
+            confirmed: holder.quorum || state.is_confirmed(&holder.claim),
         });
         refill(
             progress,
@@ -260,7 +262,31 @@ impl Replica {
     /// may disagree on `stale` only as far as their clocks do.
     pub fn live_task_view(&self, entry: &TaskEntry, now_ms: u64) -> LiveTaskView {
         let mut texts = NodeTexts::default();
-        LiveTaskView { task: self.task_view_with(entry, &mut texts), stale: self.stale_view(entry, now_ms, &mut texts) }
+        LiveTaskView {
+            task: self.task_view_with(entry, &mut texts),
+            stale: self.stale_view(entry, now_ms, &mut texts),
+            receipt: None,
+        }
+    }
+
+    /// The receipt of claim `claim` of `entry`'s task as the records stand: `quorum` once
+    /// confirmed, else `offline` when this node reached no peer (`reached_peers`), else
+    /// `settled` (docs/PROTOCOL.md, "Confirmation and receipts"). `None` when the task has no
+    /// such claim.
+    pub fn receipt(&self, entry: &TaskEntry, claim: &RecordId, reached_peers: bool) -> Option<Receipt> {
+        let state = &entry.state;
+        let made = state.claims.get(claim)?;
+        let tally = state.tallies.get(claim);
+        let confirmed = state.is_confirmed(claim);
+        let confirmation = match (confirmed, reached_peers) {
+            (true, _) => Confirmation::Quorum,
+            (false, true) => Confirmation::Settled,
+            (false, false) => Confirmation::Offline,
+        };
+        let needed = tally.map_or_else(|| majority(self.members().count_at(made.stamp)), |tally| tally.needed);
+        let acknowledged_by =
+            tally.map_or_else(Vec::new, |tally| tally.voters.iter().map(ToString::to_string).collect());
+        Some(Receipt { confirmation, generation: made.claim.generation, acknowledged_by, needed })
     }
 
     fn stale_view(&self, entry: &TaskEntry, now_ms: u64, texts: &mut NodeTexts) -> Option<StaleView> {

@@ -396,8 +396,7 @@ fn tally_votes(
         }
     }
     let tally_of = |entry: &ClaimEntry| {
-        let electorate = members.count_at(entry.stamp);
-        let needed = u32::try_from(electorate / 2 + 1).unwrap_or(u32::MAX);
+        let needed = majority(members.count_at(entry.stamp));
         QuorumTally { generation: entry.claim.generation, voters: Vec::new(), votes: 0, needed }
     };
     let mut tallies: BTreeMap<RecordId, QuorumTally> =
@@ -416,6 +415,11 @@ fn tally_votes(
     }
     assert_exclusive(&tallies, claims, members);
     (tallies, voted)
+}
+
+/// The votes that confirm a claim made under an electorate of `members`: more than half.
+pub fn majority(members: usize) -> u32 {
+    u32::try_from(members / 2 + 1).unwrap_or(u32::MAX)
 }
 
 /// Invariant 7: each member counts once per generation, so two claims made under one

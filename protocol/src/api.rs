@@ -152,6 +152,45 @@ pub struct LiveTaskView {
     /// Set while the task is stale: claimed, and its holder's lease (as last renewed in the
     /// records) ended before the answering node's clock. Another agent may take it over.
     pub stale: Option<StaleView>,
+    /// On a claim's answer only: what the claim can rely on (docs/PROTOCOL.md, "Confirmation
+    /// and receipts"). Absent from every other answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+/// What a claim can rely on when it is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub confirmation: Confirmation,
+    /// The generation the claim holds.
+    pub generation: u32,
+    /// The node ids of the members whose votes count for the claim so far.
+    pub acknowledged_by: Vec<String>,
+    /// How many votes confirm it: a majority of the members at its stamp.
+    pub needed: u32,
+}
+
+/// How far a claim is confirmed (docs/PROTOCOL.md, "Confirmation and receipts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmation {
+    /// A majority of the members voted for the claim: it never loses.
+    Quorum,
+    /// The claim won after the settle time, but no majority confirmed it in time: it may still
+    /// lose at a later merge, and its agent is then told.
+    Settled,
+    /// The node reached no peer: as `settled`, decided when it meets them.
+    Offline,
+}
+
+impl Confirmation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confirmation::Quorum => "quorum",
+            Confirmation::Settled => "settled",
+            Confirmation::Offline => "offline",
+        }
+    }
 }
 
 /// Whose lease ran out on a stale task, and since when.
@@ -185,6 +224,8 @@ pub struct HolderView {
     pub claimed_at: String,
     pub lease_until: String,
     pub quorum: bool,
+    /// A majority of the members at the claim's stamp voted for it: it never loses.
+    pub confirmed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,13 +369,20 @@ pub struct ClaimTask {
     pub next: bool,
     /// `claim --quorum`: the claim counts once a majority of members acknowledged it.
     pub quorum: bool,
+    /// `claim --fast`: answer after the settle time without asking the mesh to confirm.
+    pub fast: bool,
     /// With `quorum`: how long the node waits for the majority before answering `CONFLICT`
-    /// (retryable); [`QUORUM_TIMEOUT_MS_DEFAULT`] when absent.
+    /// (retryable); [`QUORUM_TIMEOUT_MS_DEFAULT`] when absent. Otherwise how long it waits for
+    /// the confirmation before answering `settled`; [`CONFIRM_TIMEOUT_MS_DEFAULT`] when absent.
     pub timeout_ms: Option<u64>,
 }
 
 /// How long `claim --quorum` waits for a majority when no timeout is given.
 pub const QUORUM_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// How long a claim waits for its confirmation, after the settle time, before it answers
+/// `settled` (the votes may still come; the claim is then confirmed later).
+pub const CONFIRM_TIMEOUT_MS_DEFAULT: u64 = 250;
 
 /// Body of the text-carrying task operations (release, progress, done, fail, cancel).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

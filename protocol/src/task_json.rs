@@ -112,8 +112,8 @@ impl TaskView {
 impl LiveTaskView {
     /// Appends the JSON of the live task object of `task` and `stale` to `out`: exactly what
     /// `serde_json::to_writer` writes for a [`LiveTaskView`] holding them (the task's members,
-    /// flattened, then `stale`). It takes the parts so that a listing can fill one task view in
-    /// place per task.
+    /// flattened, then `stale`; a listing's objects carry no `receipt`). It takes the parts so
+    /// that a listing can fill one task view in place per task.
     pub fn write_json(task: &TaskView, stale: Option<&StaleView>, out: &mut Vec<u8>) {
         task.write_json_head(out);
         TaskView::write_json_readiness(task.ready, &task.blocked_by, out);
@@ -162,6 +162,8 @@ fn holder(json: &mut Json<'_>, holder: &HolderView) {
     json.text(&holder.lease_until);
     json.raw(b",\"quorum\":");
     json.boolean(holder.quorum);
+    json.raw(b",\"confirmed\":");
+    json.boolean(holder.confirmed);
     json.raw(b"}");
 }
 
@@ -392,8 +394,8 @@ mod tests {
     }
 
     fn holder() -> impl Strategy<Value = HolderView> {
-        (text(), text(), text(), text(), text(), text(), any::<bool>()).prop_map(
-            |(agent, node_id, node_name, claim_id, claimed_at, lease_until, quorum)| HolderView {
+        (text(), text(), text(), text(), text(), text(), any::<bool>(), any::<bool>()).prop_map(
+            |(agent, node_id, node_name, claim_id, claimed_at, lease_until, quorum, confirmed)| HolderView {
                 agent,
                 node_id,
                 node_name,
@@ -401,6 +403,7 @@ mod tests {
                 claimed_at,
                 lease_until,
                 quorum,
+                confirmed,
             },
         )
     }
@@ -552,7 +555,7 @@ mod tests {
         fn written_live_json_is_serde_json(view in task_view(), stale in proptest::option::of(stale())) {
             let mut written = Vec::new();
             LiveTaskView::write_json(&view, stale.as_ref(), &mut written);
-            let live = LiveTaskView { task: view, stale };
+            let live = LiveTaskView { task: view, stale, receipt: None };
             let expected = serde_json::to_vec(&live).map_err(|error| TestCaseError::fail(error.to_string()))?;
             prop_assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&expected));
         }

@@ -378,3 +378,74 @@ fn a_quiet_mesh_keeps_its_connection_past_the_idle_timeout() {
     alpha.ok(&["task", "add", "after a quiet minute", "--id", "I-1"]);
     wait_until("the task still flows", CONVERGE, || task(&beta, "I-1").is_some());
 }
+
+/// Issue 11: three nodes claim one task at once with default claims. Each node votes for the
+/// claim that holds in its view, so one claim is confirmed by a majority: exactly one agent is
+/// told `quorum`, the two others are refused, and every node names that holder, confirmed.
+/// (The test waits up to 10 s for the votes instead of the default 250 ms: a loaded CI box.)
+#[test]
+fn concurrent_default_claims_on_three_nodes_answer_one_quorum_receipt_and_two_refusals() {
+    let nodes = three_node_mesh();
+    nodes[0].ok(&["task", "add", "contested", "--id", "W-3"]);
+    for node in &nodes {
+        wait_until("W-3 reaches every node", CONVERGE, || task(node, "W-3").is_some());
+    }
+    let agents = ["agent-alpha", "agent-beta", "agent-gamma"];
+    let runs: Vec<meshwork_tests::Run> = thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .zip(agents)
+            .map(|(node, agent)| {
+                scope.spawn(move || node.cli_as(agent, &["claim", "W-3", "--timeout", "10s", "--json"]))
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("a claim runs")).collect()
+    });
+    let won: Vec<&meshwork_tests::Run> = runs.iter().filter(|run| run.code == 0).collect();
+    assert_eq!(won.len(), 1, "one claim wins: {runs:?}");
+    let refused = runs.iter().filter(|run| run.code == 5 && run.error_code() == "CONFLICT").count();
+    assert_eq!(refused, 2, "the two others are refused: {runs:?}");
+    let answer = won[0].json();
+    assert_eq!(answer["receipt"]["confirmation"], "quorum", "{answer}");
+    assert_eq!(answer["receipt"]["needed"], 2);
+    assert!(answer["receipt"]["acknowledged_by"].as_array().is_some_and(|voters| voters.len() >= 2), "{answer}");
+    let claim = answer["holder"]["claim_id"].as_str().map(str::to_owned);
+    for node in &nodes {
+        wait_until("every node names the confirmed holder", CONVERGE, || {
+            task(node, "W-3").is_some_and(|task| {
+                task["holder"]["claim_id"].as_str().map(str::to_owned) == claim && task["holder"]["confirmed"] == true
+            })
+        });
+    }
+}
+
+/// Issue 11: with one of three nodes stopped a default claim is still confirmed (two of three
+/// vote); with two stopped the one left answers `settled` within its bound, holding the task.
+#[test]
+fn a_default_claim_is_confirmed_with_one_of_three_down_and_settled_with_two_down() {
+    let [alpha, mut beta, mut gamma] = three_node_mesh();
+    for id in ["R-1", "R-2"] {
+        alpha.ok(&["task", "add", "receipts", "--id", id]);
+        wait_until("the task reaches beta", CONVERGE, || task(&beta, id).is_some());
+    }
+    gamma.kill9();
+    let run = alpha.cli(&["claim", "R-1", "--timeout", "10s", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let answer = run.json();
+    assert_eq!(answer["receipt"]["confirmation"], "quorum", "two of three vote: {answer}");
+    assert_eq!(answer["holder"]["confirmed"], true);
+
+    beta.kill9();
+    let started = std::time::Instant::now();
+    let run = alpha.cli(&["claim", "R-2", "--json"]);
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{run:?}");
+    let answer = run.json();
+    assert_eq!(answer["status"], "claimed");
+    assert!(
+        ["settled", "offline"].contains(&answer["receipt"]["confirmation"].as_str().unwrap_or_default()),
+        "one of three is no majority: {answer}"
+    );
+    assert_eq!(answer["receipt"]["acknowledged_by"].as_array().map(Vec::len), Some(1), "its own vote: {answer}");
+    assert!(took < Duration::from_secs(5), "answered within its bound (and the settle time): {took:?}");
+}

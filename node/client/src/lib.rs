@@ -406,7 +406,7 @@ mod tests {
         expect_test::expect![[r#"
             Ok(
                 (
-                    "POST /v1/claim HTTP/1.1|x-meshwork-agent: claude-1|idempotency-key: r-7|{\"task\":null,\"next\":true,\"quorum\":false,\"timeout_ms\":null}",
+                    "POST /v1/claim HTTP/1.1|x-meshwork-agent: claude-1|idempotency-key: r-7|{\"task\":null,\"next\":true,\"quorum\":false,\"fast\":false,\"timeout_ms\":null}",
                     "{\"id\":\"W-1\"}",
                     Err(
                         ErrorBody {

@@ -172,8 +172,21 @@ pub(crate) struct SettledClaim {
     claim: Option<meshwork_protocol::RecordId>,
     /// A quorum claim waits for its majority until then.
     quorum_deadline: Option<tokio::time::Instant>,
+    /// `claim --fast`: answered after the settle time, without asking for confirmation.
+    fast: bool,
+    /// How long a default claim waits for its confirmation once it asked.
+    confirm_ms: u64,
+    /// A default claim that asked for confirmation waits for it until then.
+    confirm_until: Option<tokio::time::Instant>,
     /// Whether the success was kept for the request id when the claim was written.
     kept: bool,
+}
+
+impl SettledClaim {
+    /// When the actor must look at this claim again if no merge makes it look sooner.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        self.quorum_deadline.or(self.confirm_until)
+    }
 }
 
 /// What the network and the API ask of the actor about the mesh.
@@ -362,7 +375,7 @@ impl QueueActor {
             // Lease events come from the clock: wake when the next one is due.
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
-            let quorum_deadline = self.quorum_waiting.iter().filter_map(|settled| settled.quorum_deadline).min();
+            let quorum_deadline = self.quorum_waiting.iter().filter_map(SettledClaim::wake_at).min();
             // Biased: what peers sent is taken in before new commands, so under load a burst of
             // frames merges before the next push offers the result (one sync round for the
             // burst, not one per frame), and claims are judged on the freshest records.
@@ -420,9 +433,10 @@ impl QueueActor {
         }
         let now = now_ms();
         let outcome = self.apply(&agent, &mutation, now);
-        let answer: Answer = match &outcome {
-            Ok(applied) => self.task_answer(&applied.task),
-            Err(error) => Err(error.to_error_body()),
+        let answer: Answer = match (&outcome, &mutation) {
+            (Ok(applied), Mutation::Claim(_)) => self.claim_answer(&applied.task, applied.record),
+            (Ok(applied), _) => self.task_answer(&applied.task),
+            (Err(error), _) => Err(error.to_error_body()),
         };
         let mut frames = Vec::new();
         // A claim that lost at once wrote its record all the same: it is stored like any other.
@@ -460,11 +474,14 @@ impl QueueActor {
             && (quorum_timeout_ms.is_some() || !frames.is_empty());
         // With no peer to race, the settle time is nil: the claim asks the mesh to confirm it
         // in the same durable write (in a mesh of one, its own vote confirms it).
-        if let (true, 0, Mutation::Claim(ClaimTask { quorum: false, .. }), Ok(applied)) =
-            (settling, self.net.facts().settle_ms(), &mutation, &outcome)
+        let mut answer = answer;
+        let settle_ms = self.net.facts().settle_ms();
+        if let (true, 0, Mutation::Claim(ClaimTask { quorum: false, fast: false, .. }), Ok(applied)) =
+            (settling, settle_ms, &mutation, &outcome)
             && let Some(claim) = applied.record
         {
             frames.extend(self.ask_confirmation(&applied.task, claim, now));
+            answer = self.claim_answer(&applied.task, Some(claim));
         }
         // Retryable failures are not kept: repeating the request must be able to succeed.
         let keep_now = answer.as_ref().err().is_none_or(|error| !error.retryable) && quorum_timeout_ms.is_none();
@@ -477,6 +494,12 @@ impl QueueActor {
             Ok(applied) if settling => {
                 let quorum_deadline =
                     quorum_timeout_ms.map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+                let (fast, confirm_ms) = match &mutation {
+                    Mutation::Claim(claim) => {
+                        (claim.fast, claim.timeout_ms.unwrap_or(meshwork_protocol::api::CONFIRM_TIMEOUT_MS_DEFAULT))
+                    }
+                    _ => (false, 0),
+                };
                 let settled = SettledClaim {
                     agent,
                     task: applied.task,
@@ -484,6 +507,9 @@ impl QueueActor {
                     reply,
                     claim: applied.record,
                     quorum_deadline,
+                    fast,
+                    confirm_ms,
+                    confirm_until: None,
                     kept: keep_now,
                 };
                 self.write_then_settle(frames, answer, settled).await
@@ -525,8 +551,10 @@ impl QueueActor {
         });
     }
 
-    /// After the settle time: the claim's answer as the replica now derives it.
-    async fn settled(&mut self, settled: SettledClaim) {
+    /// After the settle time: the claim's answer as the replica now derives it. A default
+    /// claim that still holds asks the mesh to confirm it, then waits for the confirmation
+    /// (woken by merges) until its bound, and answers `quorum` or `settled`.
+    async fn settled(&mut self, mut settled: SettledClaim) {
         let node = self.replica.node();
         let (task, agent) = (&settled.task, &settled.agent);
         let state = self.replica.task(task).map(|entry| entry.state.clone());
@@ -534,12 +562,26 @@ impl QueueActor {
         let still_ours =
             holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
         if still_ours {
-            let asked = match (settled.quorum_deadline, settled.claim) {
-                (None, Some(claim)) => self.ask_confirmation(&settled.task.clone(), claim, now_ms()),
-                _ => None,
-            };
-            let won: Answer = self.task_answer(task);
-            return self.answer_settled(settled, won, asked).await;
+            let asks = settled.quorum_deadline.is_none() && !settled.fast;
+            if let (true, None, Some(claim)) = (asks, settled.confirm_until, settled.claim) {
+                settled.confirm_until =
+                    Some(tokio::time::Instant::now() + std::time::Duration::from_millis(settled.confirm_ms));
+                if let Some(vote) = self.ask_confirmation(&settled.task.clone(), claim, now_ms()) {
+                    // Durable and pushed before the wait: the peers' votes answer it.
+                    let (written, _) = oneshot::channel::<Result<(), ErrorBody>>();
+                    self.write_then_answer(vec![vote], Ok(()), written).await;
+                }
+            }
+            let confirmed = settled.claim.is_some_and(|claim| {
+                self.replica.task(&settled.task).is_some_and(|entry| entry.state.is_confirmed(&claim))
+            });
+            let waiting = settled.confirm_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            if asks && !confirmed && waiting {
+                self.quorum_waiting.push(settled);
+                return;
+            }
+            let won: Answer = self.claim_answer(&settled.task.clone(), settled.claim);
+            return self.answer_settled(settled, won).await;
         }
         // A quorum claim still waiting for its majority.
         let tally = settled.claim.and_then(|claim| {
@@ -579,7 +621,7 @@ impl QueueActor {
         let task = task.clone();
         let touched = meshwork_crdt::Touched { tasks: [task.clone()].into_iter().collect(), ..Default::default() };
         self.fulfil_duties(&touched).await;
-        self.answer_settled(settled, lost, None).await;
+        self.answer_settled(settled, lost).await;
     }
 
     /// Looks again at every quorum claim waiting for its majority: answered once it counts,
@@ -592,8 +634,8 @@ impl QueueActor {
 
     /// Answers a settled claim, keeping the answer for its request id (which was not kept
     /// when the claim was written, or which this answer replaces).
-    async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer, vote: Option<Frame>) {
-        let mut frames: Vec<Frame> = vote.into_iter().collect();
+    async fn answer_settled(&mut self, settled: SettledClaim, answer: Answer) {
+        let mut frames = Vec::new();
         let replaces = !settled.kept || answer.is_err();
         let keep = replaces && answer.as_ref().err().is_none_or(|error| !error.retryable);
         if let Some(key) = settled.request_key.filter(|_| keep) {
@@ -781,6 +823,15 @@ impl QueueActor {
     fn task_answer(&self, id: &TaskId) -> Answer {
         let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
         Ok(self.replica.live_task_view(entry, now_ms()))
+    }
+
+    /// A claim's answer: the task object and the receipt of `claim` as the records stand
+    /// (docs/PROTOCOL.md, "Confirmation and receipts").
+    fn claim_answer(&self, id: &TaskId, claim: Option<RecordId>) -> Answer {
+        let entry = self.replica.task(id).ok_or_else(|| no_task(id))?;
+        let mut view = self.replica.live_task_view(entry, now_ms());
+        view.receipt = claim.and_then(|claim| self.replica.receipt(entry, &claim, !self.links.is_empty()));
+        Ok(view)
     }
 
     /// Answers a question from the replica as it is; never waits.

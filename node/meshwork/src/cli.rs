@@ -89,10 +89,14 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: ClaimTarget,
         /// Count the claim only once a majority of members acknowledged it
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fast")]
         quorum: bool,
-        /// With --quorum: how long to wait for the majority (90s, 2m) [default: 10s]
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms, requires = "quorum")]
+        /// Answer after the settle time without asking the mesh to confirm the claim
+        #[arg(long)]
+        fast: bool,
+        /// How long to wait for the majority with --quorum [default: 10s], or for the
+        /// confirmation otherwise [default: 250ms] (250ms, 90s, 2m)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms, conflicts_with = "fast")]
         timeout: Option<u64>,
     },
     /// Extend the lease of a task you hold
@@ -725,8 +729,8 @@ async fn dispatch(session: &Session<'_>, command: Command) -> Result<(), ErrorBo
             let query = ReadyQuery { all, limit: limit.query_limit(global.json, READY_ROWS_DEFAULT) };
             session.listing::<route::Ready, route::ReadyPage>(query).await
         }
-        Command::Claim { target, quorum, timeout } => {
-            let request = ClaimTask { task: target.id, next: target.next, quorum, timeout_ms: timeout };
+        Command::Claim { target, quorum, fast, timeout } => {
+            let request = ClaimTask { task: target.id, next: target.next, quorum, fast, timeout_ms: timeout };
             session.on_task::<route::Claim>((), request, TaskAction::Claimed).await
         }
         Command::Renew { id } => session.on_task::<route::Renew>(task_id(&id)?, Empty {}, TaskAction::Renewed).await,
@@ -1042,8 +1046,8 @@ mod tests {
             call_for(&["inbox", "read", "--unread"]),
         ];
         expect_test::expect![[r#"
-            POST /v1/claim {"next":true,"quorum":false,"task":null,"timeout_ms":null}
-            POST /v1/claim {"next":false,"quorum":false,"task":"W-1","timeout_ms":null}
+            POST /v1/claim {"fast":false,"next":true,"quorum":false,"task":null,"timeout_ms":null}
+            POST /v1/claim {"fast":false,"next":false,"quorum":false,"task":"W-1","timeout_ms":null}
             GET /v1/pages/tasks?status=open%2Cclaimed&limit=50 
             GET /v1/pages/ready?all=true&limit=20 
             GET /v1/ready?all=false 
@@ -1055,7 +1059,7 @@ mod tests {
             error: USAGE: nothing to change; pass at least one of --title, --description, --priority, --after, --not-after, --requires, --prefers, --lease, --max-attempts
             GET /v1/tasks/%2E%2E 
             POST /v1/tasks/W-1/handoff {"commits":["abc"],"files":[],"next":"tests","risks":[],"tests":[]}
-            POST /v1/claim {"next":false,"quorum":true,"task":"W-1","timeout_ms":30000}
+            POST /v1/claim {"fast":false,"next":false,"quorum":true,"task":"W-1","timeout_ms":30000}
             POST /v1/mesh/invite {"ttl_ms":7200000}
             POST /v1/mesh/join {"token":"mwinvite1.abc"}
             POST /v1/mesh/remove {"node_id":"12D3KooWPeer"}

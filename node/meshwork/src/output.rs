@@ -6,8 +6,8 @@ use std::io::Write;
 
 use meshwork_crdt::export::MemberView;
 use meshwork_protocol::api::{
-    HandoffView, InitView, LiveTaskView, LostClaimView, NodeStatus, PeerView, ProgressView, TaskPage, TaskStatus,
-    TaskView,
+    Confirmation, HandoffView, InitView, LiveTaskView, LostClaimView, NodeStatus, PeerView, ProgressView, Receipt,
+    TaskPage, TaskStatus, TaskView,
 };
 use meshwork_protocol::error::ErrorEnvelope;
 use meshwork_protocol::event::{Event, EventEnvelope};
@@ -124,12 +124,18 @@ pub(crate) fn task(action: TaskAction, live: &LiveTaskView) -> String {
         TaskAction::Added => format!("added {id} (blocked by {})", join(&task.blocked_by)),
         TaskAction::Edited => format!("edited {id}"),
         TaskAction::Cancelled => format!("cancelled {id}"),
-        TaskAction::Claimed => match &task.holder {
-            Some(holder) => {
-                format!("claimed {id} (generation {}, lease until {})", task.generation, holder.lease_until)
+        TaskAction::Claimed => {
+            let claimed = match &task.holder {
+                Some(holder) => {
+                    format!("claimed {id} (generation {}, lease until {})", task.generation, holder.lease_until)
+                }
+                None => format!("claimed {id} (generation {})", task.generation),
+            };
+            match &live.receipt {
+                Some(receipt) => format!("{claimed}\n{}", receipt_line(receipt)),
+                None => claimed,
             }
-            None => format!("claimed {id} (generation {})", task.generation),
-        },
+        }
         TaskAction::Renewed => match &task.holder {
             Some(holder) => format!("renewed {id} (lease until {})", holder.lease_until),
             None => format!("renewed {id}"),
@@ -153,6 +159,22 @@ pub(crate) fn task(action: TaskAction, live: &LiveTaskView) -> String {
     line + "\n"
 }
 
+/// What a claim's receipt promises, in one line (docs/PROTOCOL.md, "Confirmation and
+/// receipts").
+fn receipt_line(receipt: &Receipt) -> String {
+    let votes = format!("{} of {} votes", receipt.acknowledged_by.len(), receipt.needed);
+    match receipt.confirmation {
+        Confirmation::Quorum => format!("confirmed by a quorum ({votes}): no other claim can win it"),
+        Confirmation::Settled => {
+            format!("settled, not confirmed yet ({votes}): it may still lose when the mesh merges; you will be told")
+        }
+        Confirmation::Offline => {
+            "offline: no peer was reachable; it may still lose when this node meets the mesh; you will be told"
+                .to_owned()
+        }
+    }
+}
+
 /// Everything about one task, for `task show`.
 pub(crate) fn task_block(live: &LiveTaskView) -> String {
     let task = &live.task;
@@ -160,7 +182,9 @@ pub(crate) fn task_block(live: &LiveTaskView) -> String {
     fields.add("status", status_summary(task));
     if let Some(holder) = &task.holder {
         let who = format!("{}@{}", holder.agent, holder.node_name);
-        fields.add("holder", format!("{who} since {}, lease until {}", holder.claimed_at, holder.lease_until));
+        let confirmed = if holder.confirmed { "confirmed by a quorum" } else { "not confirmed by a quorum" };
+        let since = format!("{who} since {}, lease until {}, {confirmed}", holder.claimed_at, holder.lease_until);
+        fields.add("holder", since);
     }
     if let Some(stale) = &live.stale {
         fields.add("stale", format!("the lease ran out at {}; any agent may take the task over", stale.since));
@@ -659,13 +683,14 @@ mod tests {
             claimed_at: "2026-11-21T06:05:00.000Z".to_owned(),
             lease_until: "2026-11-21T06:35:00.000Z".to_owned(),
             quorum: true,
+            confirmed: true,
         });
         task
     }
 
     /// A task as a node answers it, with no stale holder.
     fn live(task: TaskView) -> LiveTaskView {
-        LiveTaskView { task, stale: None }
+        LiveTaskView { task, stale: None, receipt: None }
     }
 
     /// The task table aligns its columns, shows holders as agent@node and cuts long titles.
@@ -681,7 +706,8 @@ mod tests {
             claim_id: "c1".to_owned(),
             since: "2026-11-21T06:35:00.000Z".to_owned(),
         };
-        let stale_task = LiveTaskView { task: claimed(sample_task("WRK-13", "Abandoned work")), stale: Some(stale) };
+        let stale_task =
+            LiveTaskView { task: claimed(sample_task("WRK-13", "Abandoned work")), stale: Some(stale), receipt: None };
         let tasks = [
             live(sample_task("WRK-1", "Write docs")),
             live(urgent),
@@ -785,7 +811,7 @@ mod tests {
         expect_test::expect![[r#"
             WRK-7  Speed up sync
             status:      claimed
-            holder:      claude-1@laptop since 2026-11-21T06:05:00.000Z, lease until 2026-11-21T06:35:00.000Z
+            holder:      claude-1@laptop since 2026-11-21T06:05:00.000Z, lease until 2026-11-21T06:35:00.000Z, confirmed by a quorum
             priority:    0
             attempts:    1 of at most 3, generation 1
             lease:       30m

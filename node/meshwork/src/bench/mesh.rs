@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use meshwork_protocol::ErrorCode;
 use meshwork_protocol::TaskId;
-use meshwork_protocol::api::{AddTask, ClaimTask, InviteRequest, JoinMesh, LiveTaskView, NodeStatus, TaskStatus};
+use meshwork_protocol::api::{
+    AddTask, ClaimTask, Confirmation, InviteRequest, JoinMesh, LiveTaskView, NodeStatus, TaskStatus,
+};
 use meshwork_protocol::event::{Event, EventsQuery};
 use meshwork_protocol::route::{self, Empty, ListTasks};
 use meshwork_protocol::time::parse_rfc3339_ms;
@@ -292,6 +294,8 @@ struct StormClaim {
     task: usize,
     /// The claim id when the node answered that the claim won.
     acknowledged: Option<String>,
+    /// What the won claim's receipt said it can rely on.
+    confirmation: Option<Confirmation>,
     sent: Instant,
     answered: Instant,
 }
@@ -373,17 +377,16 @@ impl StormWorker {
             let id = &self.ids[task];
             let sent = Instant::now();
             let request = ClaimTask { task: Some(id.clone()), ..ClaimTask::default() };
-            let acknowledged = match client.call::<route::Claim>(&(), &request).await {
-                Ok(view) => Some(
-                    view.task
-                        .holder
-                        .with_context(|| format!("the claim of {id} was answered without a holder"))?
-                        .claim_id,
-                ),
-                Err(error) if matches!(error.code, ErrorCode::Conflict | ErrorCode::InvalidTransition) => None,
+            let (acknowledged, confirmation) = match client.call::<route::Claim>(&(), &request).await {
+                Ok(view) => {
+                    let holder = view.task.holder.with_context(|| format!("the claim of {id} has no holder"))?;
+                    (Some(holder.claim_id), view.receipt.map(|receipt| receipt.confirmation))
+                }
+                Err(error) if matches!(error.code, ErrorCode::Conflict | ErrorCode::InvalidTransition) => (None, None),
                 Err(error) => return Err(error).with_context(|| format!("the claim of {id} failed")),
             };
-            claims.push(StormClaim { node: self.node, task, acknowledged, sent, answered: Instant::now() });
+            let answered = Instant::now();
+            claims.push(StormClaim { node: self.node, task, acknowledged, confirmation, sent, answered });
         }
         Ok(claims)
     }
@@ -438,6 +441,10 @@ struct StormCheck {
     acknowledged_then_lost: usize,
     /// Claims acknowledged per node.
     wins_per_node: BTreeMap<usize, usize>,
+    /// Won claims by receipt: `quorum`, `settled`, `offline`.
+    receipts: BTreeMap<&'static str, usize>,
+    /// Tasks with two or more claims answered `quorum` (goal 0: a quorum receipt is exclusive).
+    twice_quorum: usize,
 }
 
 impl StormCheck {
@@ -454,8 +461,14 @@ impl StormCheck {
                 1 => {}
                 _ => check.twice_acknowledged += 1,
             }
+            let quorum = won.iter().filter(|claim| claim.confirmation == Some(Confirmation::Quorum)).count();
+            if quorum > 1 {
+                check.twice_quorum += 1;
+            }
             for claim in won {
                 *check.wins_per_node.entry(claim.node + 1).or_default() += 1;
+                let receipt = claim.confirmation.map_or("none", Confirmation::as_str);
+                *check.receipts.entry(receipt).or_default() += 1;
             }
         }
         check
@@ -473,6 +486,14 @@ impl StormCheck {
         );
         let wins: Vec<String> = self.wins_per_node.iter().map(|(node, wins)| format!("node {node}: {wins}")).collect();
         println!("claims won per node: {}", wins.join(", "));
+        let receipts: Vec<String> =
+            self.receipts.iter().map(|(receipt, count)| format!("{receipt}: {count}")).collect();
+        println!("receipts of the won claims: {}", receipts.join(", "));
+        println!(
+            "goal: no task answered `quorum` to two agents (required): {} ({} tasks)",
+            met_or_not(self.twice_quorum == 0),
+            self.twice_quorum
+        );
     }
 }
 
