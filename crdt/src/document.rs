@@ -347,6 +347,16 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// Adds what `other` touched: the duties of several merges done together.
+    pub fn absorb(&mut self, other: &Touched) {
+        self.tasks.extend(other.tasks.iter().cloned());
+        self.messages.extend(other.messages.iter().cloned());
+        self.members |= other.members;
+        self.probes |= other.probes;
+        self.meta |= other.meta;
+        self.inbox |= other.inbox;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty() && !self.members && !self.probes && !self.meta && !self.inbox
     }

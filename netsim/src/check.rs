@@ -70,8 +70,9 @@ pub struct Checker {
     acknowledged: BTreeMap<usize, BTreeSet<Acknowledged>>,
     /// Tasks each node has seen finished: how, and by whose record (signer, stamp).
     finished: BTreeMap<usize, BTreeMap<TaskId, Finish>>,
-    /// The claim confirmed first in each (task, generation), anywhere.
-    quorum_counted: BTreeMap<(TaskId, u32), (RecordId, usize)>,
+    /// Every claim seen confirmed in each (task, generation), anywhere, and the node that saw it
+    /// first.
+    quorum_counted: BTreeMap<(TaskId, u32), BTreeMap<RecordId, usize>>,
     /// Every claim any node saw confirmed (a `quorum` receipt), and the node that saw it first.
     confirmed: BTreeMap<(TaskId, RecordId), usize>,
     /// The export each node showed at its current heads.
@@ -220,29 +221,41 @@ impl Checker {
 
     /// Invariant 7 across nodes: no two claims of one generation are ever confirmed, on any
     /// nodes at any times, unless they were made under different electorates (the members
-    /// changed between their stamps: docs/PROTOCOL.md, "Receipts", says why that is the limit).
-    fn quorum_exclusive(&mut self, at_us: u64, node: usize, replica: &Replica) {
+    /// changed between their stamps: docs/PROTOCOL.md, "Confirmation and receipts", says why
+    /// that is the limit), or one of them stopped counting because its signer's removal was
+    /// stamped before it. A node that has not heard of such a removal yet sees that claim
+    /// confirmed, so the claims seen confirmed are gathered here and judged at quiescence
+    /// ([`Checker::confirmed_claims_stay_exclusive`]), by the records every node has then.
+    fn quorum_exclusive(&mut self, _at_us: u64, node: usize, replica: &Replica) {
         for entry in replica.tasks().values() {
             for (claim, tally) in entry.state.tallies.iter().filter(|(_, tally)| tally.reached()) {
-                let key = (entry.fields.id.clone(), tally.generation);
-                let (first, by) = *self.quorum_counted.entry(key.clone()).or_insert((*claim, node));
-                // A claim signed after its signer's removal never counted: a node that saw it
-                // count before the removal reached it saw a majority that never was.
-                if first != *claim && !entry.state.claims.contains_key(&first) {
-                    self.quorum_counted.insert(key, (*claim, node));
-                    continue;
-                }
-                if first != *claim && same_electorate(replica, &entry.state, &first, claim) {
-                    self.violate(
-                        invariant::QUORUM_EXCLUSIVE,
-                        at_us,
-                        format!(
-                            "task {} generation {}: claim {first} confirmed on n{by}, claim {claim} on n{node}",
-                            entry.fields.id, tally.generation
-                        ),
-                    );
+                let seen = self.quorum_counted.entry((entry.fields.id.clone(), tally.generation)).or_default();
+                seen.entry(*claim).or_insert(node);
+            }
+        }
+    }
+
+    /// At quiescence: of the claims ever seen confirmed in one (task, generation), no two still
+    /// count under one electorate.
+    fn confirmed_claims_stay_exclusive(&mut self, at_us: u64, replica: &Replica) {
+        let mut broken = Vec::new();
+        for ((task, generation), seen) in &self.quorum_counted {
+            let Some(entry) = replica.task(task) else { continue };
+            let counting: Vec<(&RecordId, &usize)> =
+                seen.iter().filter(|(claim, _)| entry.state.claims.contains_key(*claim)).collect();
+            for (index, (first, by)) in counting.iter().enumerate() {
+                for (other, other_by) in &counting[index + 1..] {
+                    if same_electorate(replica, &entry.state, first, other) {
+                        broken.push(format!(
+                            "task {task} generation {generation}: claim {first} confirmed on n{by}, claim {other} \
+                             on n{other_by}"
+                        ));
+                    }
                 }
             }
+        }
+        for detail in broken {
+            self.violate(invariant::QUORUM_EXCLUSIVE, at_us, detail);
         }
     }
 
@@ -327,6 +340,7 @@ impl Checker {
         let Some(first) = participants.first().and_then(|node| node.live.as_ref()) else { return };
         let first_heads = heads_key(&first.replica);
         let first_export = first.replica.export_json();
+        self.confirmed_claims_stay_exclusive(at_us, &first.replica);
         for node in &participants {
             let Some(live) = &node.live else {
                 self.violate(invariant::CONVERGENCE, at_us, format!("{} is down at quiescence", node.name));

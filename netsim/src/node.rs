@@ -56,6 +56,22 @@ pub struct Live {
     pub engine: SyncEngine,
     /// The open connection to each peer, by node index.
     pub links: BTreeMap<usize, ConnId>,
+    /// What merges touched whose duties wait for `duties_at_us`, as the node binary batches
+    /// them (`DUTIES_BATCH_MS` in `node/daemon/src/mesh.rs`).
+    pub duties_due: meshwork_crdt::Touched,
+    pub duties_at_us: Option<u64>,
+}
+
+impl Live {
+    pub fn new(replica: Replica) -> Live {
+        Live {
+            replica,
+            engine: SyncEngine::default(),
+            links: BTreeMap::new(),
+            duties_due: meshwork_crdt::Touched::default(),
+            duties_at_us: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,7 +140,7 @@ impl SimNode {
             self.disk.boot = self.disk.boot.max(highest + 1);
         }
         let replica = Replica::open(self.id, self.disk.boot, doc);
-        self.live = Some(Live { replica, engine: SyncEngine::default(), links: BTreeMap::new() });
+        self.live = Some(Live::new(replica));
         Ok(())
     }
 

@@ -38,6 +38,9 @@ const EVENTS_MAX: u64 = 2_000_000;
 /// How long a node waits after a plain claim before it asks the mesh to confirm it: the node
 /// binary's settle time, about two round trips (docs/PROTOCOL.md, "Receipts").
 const SETTLE_US_MIN: u64 = 10_000;
+/// How long a node gathers the duties of merges before it does them together, as the node
+/// binary does (`DUTIES_BATCH_MS`).
+const DUTIES_BATCH_US: u64 = 10_000;
 const SETTLE_US_MAX: u64 = 200_000;
 /// The longest a node's lease timer sleeps: it wakes at the next lease end of its own
 /// agents ([`Replica::next_lease_expiry_ms`]) or after this, whichever comes first (a claim
@@ -89,6 +92,11 @@ enum Event {
     /// The node's lease timer: it tells its agents whose lease ran out
     /// (`Replica::fulfil_expiry_duties`), as the node binary does on a timer.
     LeaseTimer {
+        node: usize,
+        boot: u32,
+    },
+    /// The batch time of a node's duties ended: it does those gathered since.
+    Duties {
         node: usize,
         boot: u32,
     },
@@ -402,6 +410,21 @@ impl Sim {
                     self.lease_timer(node);
                 }
             }
+            Event::Duties { node, boot } => {
+                if self.nodes[node].disk.boot == boot
+                    && let Some(live) = &mut self.nodes[node].live
+                {
+                    let due = std::mem::take(&mut live.duties_due);
+                    if due.is_empty() {
+                        live.duties_at_us = None;
+                    } else {
+                        live.duties_at_us = Some(self.now_us + DUTIES_BATCH_US);
+                        self.schedule(DUTIES_BATCH_US, Event::Duties { node, boot });
+                        self.dirty.insert(node);
+                        self.fulfil_duties(node, &due);
+                    }
+                }
+            }
             Event::AskConfirmation { node, boot, task, claim } => {
                 if self.nodes[node].live.is_some() && self.nodes[node].disk.boot == boot {
                     self.ask_confirmation(node, &task, claim);
@@ -459,8 +482,7 @@ impl Sim {
         }
         founder.joined = true;
         founder.founding = true;
-        founder.live =
-            Some(crate::node::Live { replica: founded.replica, engine: Default::default(), links: BTreeMap::new() });
+        founder.live = Some(crate::node::Live::new(founded.replica));
         self.schedule_lease_timer(0);
         self.publish_probe(0);
         for node in 1..self.scenario.founding_members {
@@ -846,6 +868,17 @@ impl Sim {
             }
             SyncOutput::Changed(touched) => {
                 self.dirty.insert(node);
+                // As the node does: a merge's duties at once when none were done in the last
+                // batch time, else together with those of every merge until then.
+                let now_us = self.now_us;
+                let boot = self.nodes[node].disk.boot;
+                let Some(live) = &mut self.nodes[node].live else { return };
+                if live.duties_at_us.is_some() {
+                    live.duties_due.absorb(&touched);
+                    return;
+                }
+                live.duties_at_us = Some(now_us + DUTIES_BATCH_US);
+                self.schedule(DUTIES_BATCH_US, Event::Duties { node, boot });
                 self.fulfil_duties(node, &touched);
             }
         }

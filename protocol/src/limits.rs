@@ -40,6 +40,8 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 pub const API_BODY_BYTES_MAX: usize = 256 * 1024;
 /// Longest life of an invite token, in milliseconds: 7 days.
 pub const INVITE_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Longest a claim waits for its majority or its confirmation (`claim --timeout`): 10 minutes.
+pub const CLAIM_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
 /// Life of an invite token when `--ttl` is not given: 1 hour.
 pub const INVITE_TTL_MS_DEFAULT: u64 = 3600 * 1000;
 /// Most addresses an invite token carries.

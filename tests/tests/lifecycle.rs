@@ -513,3 +513,23 @@ fn a_task_whose_lease_expired_is_offered_listed_told_and_taken_over() {
     assert!(taken["stale"].is_null());
     assert_eq!(notices("agent-gone"), 1, "told once");
 }
+
+/// Issue 11, as a user of a mesh of one meets it: a claim answers a `quorum` receipt at once
+/// (its own vote is a majority of one), `task show` calls the holder confirmed, and a
+/// `--timeout` past `CLAIM_TIMEOUT_MS_MAX` is `INVALID_INPUT` and claims nothing.
+#[test]
+fn a_claim_in_a_mesh_of_one_answers_a_quorum_receipt() {
+    let node = TestNode::start(BIN);
+    node.ok(&["task", "add", "solo", "--id", "S-1"]);
+    node.ok(&["task", "add", "too patient", "--id", "S-2"]);
+    let claimed = node.ok(&["claim", "S-1"]);
+    assert_eq!(claimed["receipt"]["confirmation"], "quorum", "{claimed}");
+    assert_eq!(claimed["receipt"]["needed"], 1);
+    assert_eq!(claimed["receipt"]["acknowledged_by"][0], node.node_id());
+    assert_eq!(node.ok(&["task", "show", "S-1"])["holder"]["confirmed"], true);
+    let text = node.cli(&["claim", "S-1"]);
+    assert!(text.stdout.contains("confirmed by a quorum (1 of 1 votes)"), "{text:?}");
+    let refused = node.cli(&["claim", "S-2", "--timeout", "11m", "--json"]);
+    assert_eq!((refused.code, refused.error_code().as_str()), (8, "INVALID_INPUT"), "{refused:?}");
+    assert_eq!(node.ok(&["task", "show", "S-2"])["status"], "open");
+}

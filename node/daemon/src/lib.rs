@@ -237,6 +237,8 @@ fn queue_actor(
     QueueActor {
         digest: EventDigest::of(&recovery.replica),
         quorum_waiting: Vec::new(),
+        duties_due: meshwork_crdt::Touched::default(),
+        duties_at: None,
         events,
         replica: recovery.replica,
         key,

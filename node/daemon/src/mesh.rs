@@ -27,6 +27,11 @@ use meshwork_protocol::{AgentId, AgentName, ErrorCode, NodeId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+/// How long a node gathers the duties of merges before it does them together (its votes and
+/// notices, one change): short beside a claim's confirmation bound (250 ms by default) and the
+/// lost-claim notice's second, long beside a merge in a busy mesh (about a millisecond).
+pub(crate) const DUTIES_BATCH_MS: u64 = 10;
+
 use crate::clock::now_ms;
 use crate::home::MeshFile;
 use crate::invites::{InviteEntry, Invites};
@@ -237,7 +242,39 @@ impl QueueActor {
         if touched.members {
             self.send_allowlist();
         }
-        self.fulfil_duties(touched).await;
+        // The merge's events at once. Its duties at once too when none were done in the last
+        // `DUTIES_BATCH_MS`; else together with those of every merge until then.
+        self.publish_events(touched, &[]);
+        if self.duties_at.is_none() {
+            self.fulfil_duties(touched).await;
+            self.duties_at = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(DUTIES_BATCH_MS));
+        } else {
+            self.defer_duties(touched);
+        }
+        if !self.quorum_waiting.is_empty() {
+            self.recheck_quorum_waiting().await;
+        }
+    }
+
+    /// Adds what a merge touched to the duties due at `duties_at`. In a busy mesh a node merges
+    /// many times a second, and each batch of votes is an Automerge change every node takes
+    /// in: one change per merge made a storm of claims ten times slower (docs/BENCHMARKS.md,
+    /// "Mesh").
+    fn defer_duties(&mut self, touched: &Touched) {
+        self.duties_due.absorb(touched);
+    }
+
+    /// `duties_at` came: does the duties deferred since, if any, and waits another
+    /// `DUTIES_BATCH_MS` before doing any at once again; with none, the next merge's are done
+    /// at once.
+    pub(super) async fn fulfil_deferred_duties(&mut self) {
+        let due = std::mem::take(&mut self.duties_due);
+        if due.is_empty() {
+            self.duties_at = None;
+            return;
+        }
+        self.duties_at = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(DUTIES_BATCH_MS));
+        self.fulfil_duties(&due).await;
         if !self.quorum_waiting.is_empty() {
             self.recheck_quorum_waiting().await;
         }

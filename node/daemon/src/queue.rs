@@ -22,6 +22,7 @@ use meshwork_protocol::api::{InviteView, JoinedView, MessageView};
 use meshwork_protocol::error::ErrorBody;
 use meshwork_protocol::event::Event;
 use meshwork_protocol::invite::InviteToken;
+use meshwork_protocol::limits::CLAIM_TIMEOUT_MS_MAX;
 use meshwork_protocol::storage::{Frame, RequestEntry};
 use meshwork_protocol::time::format_rfc3339_ms;
 use meshwork_protocol::{AgentName, ErrorCode, NodeKey, Probe, RecordId, TaskId};
@@ -328,6 +329,10 @@ pub(crate) struct QueueActor {
     /// Quorum claims waiting for their majority: looked at again after every merge and at
     /// their deadline.
     pub(crate) quorum_waiting: Vec<SettledClaim>,
+    /// What merges touched whose duties (votes, notices) are not done yet: they are done
+    /// together at `duties_at`, `DUTIES_BATCH_MS` (mesh.rs) after the first such merge.
+    pub(crate) duties_due: Touched,
+    pub(crate) duties_at: Option<tokio::time::Instant>,
     pub(crate) events: EventBus,
     pub(crate) key: Arc<NodeKey>,
     pub(crate) store: StoreHandle,
@@ -376,6 +381,7 @@ impl QueueActor {
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
             let quorum_deadline = self.quorum_waiting.iter().filter_map(SettledClaim::wake_at).min();
+            let duties_at = self.duties_at;
             // Biased: what peers sent is taken in before new commands, so under load a burst of
             // frames merges before the next push offers the result (one sync round for the
             // burst, not one per frame), and claims are judged on the freshest records.
@@ -392,6 +398,10 @@ impl QueueActor {
                 }
                 () = tokio::time::sleep_until(quorum_deadline.unwrap_or_else(tokio::time::Instant::now)), if quorum_deadline.is_some() => {
                     self.recheck_quorum_waiting().await;
+                    continue;
+                }
+                () = tokio::time::sleep_until(duties_at.unwrap_or_else(tokio::time::Instant::now)), if duties_at.is_some() => {
+                    self.fulfil_deferred_duties().await;
                     continue;
                 }
             };
@@ -738,6 +748,12 @@ impl QueueActor {
         let key = Arc::clone(&self.key);
         let speaker = Speaker { key: &key, agent };
         let replica = &mut self.replica;
+        if let Mutation::Claim(ClaimTask { timeout_ms: Some(timeout_ms), .. }) = mutation
+            && *timeout_ms > CLAIM_TIMEOUT_MS_MAX
+        {
+            let message = format!("--timeout is over the limit CLAIM_TIMEOUT_MS_MAX = {CLAIM_TIMEOUT_MS_MAX} ms");
+            return Err(OpError::Refused(ErrorBody::invalid_input(message)));
+        }
         match mutation {
             Mutation::AddTask(request) => replica.add_task(speaker, request, now, rand::random()),
             Mutation::EditTask(id, request) => replica.edit_task(speaker, id, request, now),
@@ -942,6 +958,7 @@ impl QueueActor {
     }
 
     async fn stop(&mut self) {
+        self.fulfil_deferred_duties().await;
         // Keep each peer's sync state for the next connection.
         let peers: Vec<meshwork_protocol::NodeId> = self.links.keys().copied().collect();
         for peer in peers {
