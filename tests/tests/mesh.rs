@@ -44,6 +44,24 @@ fn holder_claim(node: &TestNode, id: &str) -> Option<String> {
     task(node, id).and_then(|task| task["holder"]["claim_id"].as_str().map(str::to_owned))
 }
 
+/// The agents of `three_node_mesh`'s nodes in the concurrent-claim tests, in node order.
+const AGENTS: [&str; 3] = ["agent-alpha", "agent-beta", "agent-gamma"];
+
+/// Adds task `id` on the first node, waits until every node has it, then has each node's agent
+/// of [`AGENTS`] run `claim ID EXTRA... --json` at the same moment; the runs in node order.
+fn claim_at_once(nodes: &[TestNode; 3], id: &str, extra: &[&str]) -> Vec<meshwork_tests::Run> {
+    nodes[0].ok(&["task", "add", "contested", "--id", id]);
+    for node in nodes {
+        wait_until("the task reaches every node", CONVERGE, || task(node, id).is_some());
+    }
+    let args: Vec<&str> = ["claim", id].into_iter().chain(extra.iter().copied()).chain(["--json"]).collect();
+    thread::scope(|scope| {
+        let handles: Vec<_> =
+            nodes.iter().zip(AGENTS).map(|(node, agent)| scope.spawn(|| node.cli_as(agent, &args))).collect();
+        handles.into_iter().map(|handle| handle.join().expect("a claim runs")).collect()
+    })
+}
+
 /// The lost-claim notices in an agent's inbox, about `task`.
 fn lost_notices(node: &TestNode, agent: &str, task: &str) -> usize {
     let run = node.cli_as(agent, &["inbox", "read", "--json"]);
@@ -102,19 +120,7 @@ fn a_task_added_on_one_node_is_visible_on_the_others() {
 #[test]
 fn concurrent_claims_on_three_nodes_resolve_to_one_holder_on_all_three() {
     let nodes = three_node_mesh();
-    nodes[0].ok(&["task", "add", "contested", "--id", "W-2"]);
-    for node in &nodes {
-        wait_until("W-2 reaches every node", CONVERGE, || task(node, "W-2").is_some());
-    }
-    let agents = ["agent-alpha", "agent-beta", "agent-gamma"];
-    let codes: Vec<i32> = thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .zip(agents)
-            .map(|(node, agent)| scope.spawn(move || node.cli_as(agent, &["claim", "W-2", "--json"]).code))
-            .collect();
-        handles.into_iter().map(|handle| handle.join().expect("a claim runs")).collect()
-    });
+    let codes: Vec<i32> = claim_at_once(&nodes, "W-2", &[]).iter().map(|run| run.code).collect();
     assert!(codes.iter().all(|code| *code == 0 || *code == 5), "a claim either wins or is CONFLICT: {codes:?}");
     wait_until("every node names the same holder", CONVERGE, || {
         let holders: Vec<Option<String>> = nodes.iter().map(|node| holder_claim(node, "W-2")).collect();
@@ -122,7 +128,7 @@ fn concurrent_claims_on_three_nodes_resolve_to_one_holder_on_all_three() {
     });
     let winner = task(&nodes[0], "W-2").expect("W-2")["holder"]["agent"].as_str().unwrap_or_default().to_owned();
     // Every agent whose claim was written and lost is told exactly once.
-    for (node, agent) in nodes.iter().zip(agents) {
+    for (node, agent) in nodes.iter().zip(AGENTS) {
         if agent == winner {
             assert_eq!(lost_notices(node, agent, "W-2"), 0, "the winner gets no notice");
             continue;
@@ -386,21 +392,7 @@ fn a_quiet_mesh_keeps_its_connection_past_the_idle_timeout() {
 #[test]
 fn concurrent_default_claims_on_three_nodes_answer_one_quorum_receipt_and_two_refusals() {
     let nodes = three_node_mesh();
-    nodes[0].ok(&["task", "add", "contested", "--id", "W-3"]);
-    for node in &nodes {
-        wait_until("W-3 reaches every node", CONVERGE, || task(node, "W-3").is_some());
-    }
-    let agents = ["agent-alpha", "agent-beta", "agent-gamma"];
-    let runs: Vec<meshwork_tests::Run> = thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .zip(agents)
-            .map(|(node, agent)| {
-                scope.spawn(move || node.cli_as(agent, &["claim", "W-3", "--timeout", "10s", "--json"]))
-            })
-            .collect();
-        handles.into_iter().map(|handle| handle.join().expect("a claim runs")).collect()
-    });
+    let runs = claim_at_once(&nodes, "W-3", &["--timeout", "10s"]);
     let won: Vec<&meshwork_tests::Run> = runs.iter().filter(|run| run.code == 0).collect();
     assert_eq!(won.len(), 1, "one claim wins: {runs:?}");
     let refused = runs.iter().filter(|run| run.code == 5 && run.error_code() == "CONFLICT").count();
