@@ -48,6 +48,8 @@ struct HolderDigest {
     agent: Option<String>,
     lease_until_ms: u64,
     lease_ms: u64,
+    /// A majority voted for the claim ([`crate::resolve::TaskState::is_confirmed`]).
+    confirmed: bool,
 }
 
 /// What the holder of one claim was told of its lease.
@@ -252,6 +254,7 @@ fn digest_of(replica: &Replica, entry: &TaskEntry) -> TaskDigest {
                 agent: holder.agent.as_ref().map(ToString::to_string),
                 lease_until_ms: holder.lease_until_ms,
                 lease_ms: state.claims.get(&holder.claim).map_or(entry.fields.lease_ms, |claim| claim.claim.lease_ms),
+                confirmed: holder.quorum || state.is_confirmed(&holder.claim),
             })
         }),
         lost: sorted(state.lost_claims.iter().map(|lost| lost.claim)),
@@ -326,6 +329,19 @@ fn task_events(
             });
         }
         events.push(Event::TaskClaimed { task: task.clone(), agent, node_id, claim_id });
+    }
+    // The holder's claim confirmed by this change: a new holder confirmed at once, or the
+    // same one whose votes came.
+    let confirmed_before = before.and_then(|before| before.holder.as_ref()).is_some_and(|held| held.confirmed);
+    if let Some(holder) = after.holder.as_ref().filter(|holder| holder.confirmed)
+        && (!confirmed_before || Some(holder.claim) != holder_before)
+    {
+        events.push(Event::ClaimConfirmed {
+            task: task.clone(),
+            agent: holder.agent.clone(),
+            node_id: holder.node.to_string(),
+            claim_id: holder.claim.to_string(),
+        });
     }
     let finished_before = before.is_some_and(|before| before.status.is_finished());
     if after.status.is_finished() && !finished_before {

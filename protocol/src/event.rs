@@ -38,6 +38,10 @@ pub enum Event {
     TaskFinished { task: String, status: TaskStatus },
     /// A claim of an agent of this node that had been told it lost holds the task after all.
     ClaimWon { task: String, agent: Option<String>, node_id: String, claim_id: String },
+    /// The claim holding a task was confirmed: a majority of the members voted for it, so it
+    /// never loses (docs/PROTOCOL.md, "Confirmation and receipts"). A claim answered `settled`
+    /// or `offline` hears it here when the votes come later.
+    ClaimConfirmed { task: String, agent: Option<String>, node_id: String, claim_id: String },
     /// A claim lost: to another claim, a gate, a quorum, a finished task.
     ClaimLost { task: String, agent: Option<String>, node_id: String, claim_id: String, reason: String },
     /// A holder's lease ran out and another claim took the task over.
@@ -65,13 +69,14 @@ pub enum Event {
 
 impl Event {
     /// Every kind, as `--kind` and `?kind=` name them.
-    pub const KINDS: [&'static str; 17] = [
+    pub const KINDS: [&'static str; 18] = [
         "task_created",
         "task_changed",
         "task_ready",
         "task_claimed",
         "task_finished",
         "claim_won",
+        "claim_confirmed",
         "claim_lost",
         "claim_taken_over",
         "lease_expiring",
@@ -94,6 +99,7 @@ impl Event {
             Event::TaskClaimed { .. } => "task_claimed",
             Event::TaskFinished { .. } => "task_finished",
             Event::ClaimWon { .. } => "claim_won",
+            Event::ClaimConfirmed { .. } => "claim_confirmed",
             Event::ClaimLost { .. } => "claim_lost",
             Event::ClaimTakenOver { .. } => "claim_taken_over",
             Event::LeaseExpiring { .. } => "lease_expiring",
@@ -113,6 +119,7 @@ impl Event {
     pub fn addressee(&self) -> Option<(&str, Option<&str>)> {
         match self {
             Event::ClaimWon { agent, node_id, .. }
+            | Event::ClaimConfirmed { agent, node_id, .. }
             | Event::ClaimLost { agent, node_id, .. }
             | Event::ClaimTakenOver { agent, node_id, .. }
             | Event::LeaseExpiring { agent, node_id, .. }

@@ -412,7 +412,8 @@ fn concurrent_default_claims_on_three_nodes_answer_one_quorum_receipt_and_two_re
 }
 
 /// Issue 11: with one of three nodes stopped a default claim is still confirmed (two of three
-/// vote); with two stopped the one left answers `settled` within its bound, holding the task.
+/// vote); with two stopped the one left answers `settled` within its bound, holding the task;
+/// when one comes back it votes for that claim, and the claim's agent hears `claim_confirmed`.
 #[test]
 fn a_default_claim_is_confirmed_with_one_of_three_down_and_settled_with_two_down() {
     let [alpha, mut beta, mut gamma] = three_node_mesh();
@@ -440,4 +441,12 @@ fn a_default_claim_is_confirmed_with_one_of_three_down_and_settled_with_two_down
     );
     assert_eq!(answer["receipt"]["acknowledged_by"].as_array().map(Vec::len), Some(1), "its own vote: {answer}");
     assert!(took < Duration::from_secs(5), "answered within its bound (and the settle time): {took:?}");
+
+    let watcher = alpha.watch(Some("agent-a"), &["--kind", "claim_confirmed"]);
+    beta.launch();
+    let claim = answer["holder"]["claim_id"].clone();
+    watcher.until("the settled claim is confirmed once beta votes", CONVERGE, |seen| {
+        seen.iter().any(|watched| watched.event["task"] == "R-2" && watched.event["claim_id"] == claim)
+    });
+    assert_eq!(task(&alpha, "R-2").expect("R-2")["holder"]["confirmed"], true);
 }

@@ -547,6 +547,9 @@ pub(crate) fn event(envelope: &EventEnvelope) -> String {
         Event::TaskClaimed { task, agent, node_id, .. } => format!("{task} by {}", who(agent, node_id)),
         Event::TaskFinished { task, status } => format!("{task} {}", status.as_str()),
         Event::ClaimWon { task, agent, node_id, .. } => format!("{task} {} holds it after all", who(agent, node_id)),
+        Event::ClaimConfirmed { task, agent, node_id, .. } => {
+            format!("{task} {}: confirmed by a quorum, no other claim can win it", who(agent, node_id))
+        }
         Event::ClaimLost { task, agent, node_id, reason, .. } => format!("{task} {}: {reason}", who(agent, node_id)),
         Event::ClaimTakenOver { task, agent, node_id, .. } => format!("{task} from {}", who(agent, node_id)),
         Event::LeaseExpiring { task, agent, node_id, lease_until } => {
