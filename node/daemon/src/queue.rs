@@ -179,6 +179,9 @@ pub(crate) struct SettledClaim {
     confirm_ms: u64,
     /// A default claim that asked for confirmation waits for it until then.
     confirm_until: Option<tokio::time::Instant>,
+    /// The end of the settle time, while it runs: the claim is answered then, or as soon as a
+    /// majority confirms it (a confirmed claim never loses, so it need not wait).
+    settle_until: Option<tokio::time::Instant>,
     /// Whether the success was kept for the request id when the claim was written.
     kept: bool,
 }
@@ -186,7 +189,7 @@ pub(crate) struct SettledClaim {
 impl SettledClaim {
     /// When the actor must look at this claim again if no merge makes it look sooner.
     fn wake_at(&self) -> Option<tokio::time::Instant> {
-        self.quorum_deadline.or(self.confirm_until)
+        self.settle_until.or(self.quorum_deadline).or(self.confirm_until)
     }
 }
 
@@ -520,6 +523,7 @@ impl QueueActor {
                     fast,
                     confirm_ms,
                     confirm_until: None,
+                    settle_until: None,
                     kept: keep_now,
                 };
                 self.write_then_settle(frames, answer, settled).await
@@ -545,18 +549,19 @@ impl QueueActor {
     /// A new claim: durable, pushed to peers, then answered after the settle time, once a
     /// re-derivation shows it still wins (DESIGN.md: a claim waits a short settle time).
     /// A quorum claim is answered once it counts, loses, or its time runs out.
-    async fn write_then_settle(&mut self, frames: Vec<Frame>, answer: Answer, settled: SettledClaim) {
+    async fn write_then_settle(&mut self, frames: Vec<Frame>, answer: Answer, mut settled: SettledClaim) {
         let (durable_reply, durable) = oneshot::channel();
         self.write_then_answer(frames, answer, durable_reply).await;
         let settle = std::time::Duration::from_millis(self.net.facts().settle_ms());
         let Some(commands) = self.commands.upgrade() else { return };
+        settled.settle_until = Some(tokio::time::Instant::now() + settle);
         tokio::spawn(async move {
             let answer = durable.await.unwrap_or_else(|_| Err(unavailable()));
             if answer.is_err() || (settle.is_zero() && settled.quorum_deadline.is_none()) {
                 let _ = settled.reply.send(answer);
                 return;
             }
-            tokio::time::sleep(settle).await;
+            // Durable: the actor looks at it after every merge until its settle time ends.
             let _ = commands.send(Command::Settled(Box::new(settled))).await;
         });
     }
@@ -571,6 +576,16 @@ impl QueueActor {
         let holder = state.as_ref().and_then(|state| state.holder.clone());
         let still_ours =
             holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
+        // Within the settle time only a confirmed claim is answered: it can never lose.
+        let confirmed_ours = still_ours
+            && holder
+                .as_ref()
+                .is_some_and(|holder| state.as_ref().is_some_and(|state| state.is_confirmed(&holder.claim)));
+        if settled.settle_until.is_some_and(|until| tokio::time::Instant::now() < until) && !confirmed_ours {
+            self.quorum_waiting.push(settled);
+            return;
+        }
+        settled.settle_until = None;
         if still_ours {
             let asks = settled.quorum_deadline.is_none() && !settled.fast;
             if let (true, None, Some(claim)) = (asks, settled.confirm_until, settled.claim) {
