@@ -236,7 +236,7 @@ fn queue_actor(
 ) -> QueueActor {
     QueueActor {
         digest: EventDigest::of(&recovery.replica),
-        quorum_waiting: Vec::new(),
+        claims_waiting: Vec::new(),
         duties_due: meshwork_crdt::Touched::default(),
         duties_at: None,
         events,

@@ -251,8 +251,8 @@ impl QueueActor {
         } else {
             self.defer_duties(touched);
         }
-        if !self.quorum_waiting.is_empty() {
-            self.recheck_quorum_waiting().await;
+        if !self.claims_waiting.is_empty() {
+            self.recheck_claims_waiting().await;
         }
     }
 
@@ -275,8 +275,8 @@ impl QueueActor {
         }
         self.duties_at = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(DUTIES_BATCH_MS));
         self.fulfil_duties(&due).await;
-        if !self.quorum_waiting.is_empty() {
-            self.recheck_quorum_waiting().await;
+        if !self.claims_waiting.is_empty() {
+            self.recheck_claims_waiting().await;
         }
     }
 

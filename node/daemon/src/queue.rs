@@ -329,9 +329,10 @@ pub(crate) struct QueueActor {
     pub(crate) replica: Replica,
     /// What the last published events were derived from.
     pub(crate) digest: EventDigest,
-    /// Quorum claims waiting for their majority: looked at again after every merge and at
-    /// their deadline.
-    pub(crate) quorum_waiting: Vec<SettledClaim>,
+    /// Claims not answered yet: in their settle time, waiting for their confirmation, or
+    /// (quorum claims) for their majority. Looked at again after every merge and when their
+    /// time comes ([`SettledClaim::wake_at`]).
+    pub(crate) claims_waiting: Vec<SettledClaim>,
     /// What merges touched whose duties (votes, notices) are not done yet: they are done
     /// together at `duties_at`, `DUTIES_BATCH_MS` (mesh.rs) after the first such merge.
     pub(crate) duties_due: Touched,
@@ -383,7 +384,7 @@ impl QueueActor {
             // Lease events come from the clock: wake when the next one is due.
             let lease_due_ms = self.digest.next_lease_event_ms();
             let lease_wait_ms = lease_due_ms.map_or(0, |due_ms| due_ms.saturating_sub(now_ms()));
-            let quorum_deadline = self.quorum_waiting.iter().filter_map(SettledClaim::wake_at).min();
+            let claims_wake_at = self.claims_waiting.iter().filter_map(SettledClaim::wake_at).min();
             let duties_at = self.duties_at;
             // Biased: what peers sent is taken in before new commands, so under load a burst of
             // frames merges before the next push offers the result (one sync round for the
@@ -399,8 +400,8 @@ impl QueueActor {
                     self.publish_lease_events().await;
                     continue;
                 }
-                () = tokio::time::sleep_until(quorum_deadline.unwrap_or_else(tokio::time::Instant::now)), if quorum_deadline.is_some() => {
-                    self.recheck_quorum_waiting().await;
+                () = tokio::time::sleep_until(claims_wake_at.unwrap_or_else(tokio::time::Instant::now)), if claims_wake_at.is_some() => {
+                    self.recheck_claims_waiting().await;
                     continue;
                 }
                 () = tokio::time::sleep_until(duties_at.unwrap_or_else(tokio::time::Instant::now)), if duties_at.is_some() => {
@@ -546,8 +547,9 @@ impl QueueActor {
         }
     }
 
-    /// A new claim: durable, pushed to peers, then answered after the settle time, once a
-    /// re-derivation shows it still wins (DESIGN.md: a claim waits a short settle time).
+    /// A new claim: durable, pushed to peers, then handed back to the actor ([`Self::settled`]),
+    /// which answers it after the settle time once a re-derivation shows it still wins
+    /// (DESIGN.md: a claim waits a short settle time), or sooner if a majority confirms it.
     /// A quorum claim is answered once it counts, loses, or its time runs out.
     async fn write_then_settle(&mut self, frames: Vec<Frame>, answer: Answer, mut settled: SettledClaim) {
         let (durable_reply, durable) = oneshot::channel();
@@ -566,9 +568,10 @@ impl QueueActor {
         });
     }
 
-    /// After the settle time: the claim's answer as the replica now derives it. A default
-    /// claim that still holds asks the mesh to confirm it, then waits for the confirmation
-    /// (woken by merges) until its bound, and answers `quorum` or `settled`.
+    /// A durable claim, looked at again after every merge and when its time comes: within its
+    /// settle time it waits unless confirmed; after it, the answer is the claim as the replica
+    /// now derives it. A default claim that still holds asks the mesh to confirm it, then
+    /// waits for the confirmation until its bound, and answers `quorum` or `settled`.
     async fn settled(&mut self, mut settled: SettledClaim) {
         let node = self.replica.node();
         let (task, agent) = (&settled.task, &settled.agent);
@@ -578,11 +581,9 @@ impl QueueActor {
             holder.as_ref().is_some_and(|holder| holder.node == node && holder.agent.as_ref() == Some(agent));
         // Within the settle time only a confirmed claim is answered: it can never lose.
         let confirmed_ours = still_ours
-            && holder
-                .as_ref()
-                .is_some_and(|holder| state.as_ref().is_some_and(|state| state.is_confirmed(&holder.claim)));
+            && holder.as_ref().zip(state.as_ref()).is_some_and(|(holder, state)| state.is_confirmed(&holder.claim));
         if settled.settle_until.is_some_and(|until| tokio::time::Instant::now() < until) && !confirmed_ours {
-            self.quorum_waiting.push(settled);
+            self.claims_waiting.push(settled);
             return;
         }
         settled.settle_until = None;
@@ -602,7 +603,7 @@ impl QueueActor {
             });
             let waiting = settled.confirm_until.is_some_and(|until| tokio::time::Instant::now() < until);
             if asks && !confirmed && waiting {
-                self.quorum_waiting.push(settled);
+                self.claims_waiting.push(settled);
                 return;
             }
             let won: Answer = self.claim_answer(&settled.task.clone(), settled.claim);
@@ -617,7 +618,7 @@ impl QueueActor {
         if let (Some(tally), Some(deadline)) = (tally, settled.quorum_deadline) {
             if tokio::time::Instant::now() < deadline {
                 // Votes arrive by merges: the next merge, or the deadline, looks again.
-                self.quorum_waiting.push(settled);
+                self.claims_waiting.push(settled);
                 return;
             }
             let pending: Answer = Err(ErrorBody::new(
@@ -649,10 +650,10 @@ impl QueueActor {
         self.answer_settled(settled, lost).await;
     }
 
-    /// Looks again at every quorum claim waiting for its majority: answered once it counts,
-    /// lost, or past its deadline; still waiting otherwise.
-    pub(crate) async fn recheck_quorum_waiting(&mut self) {
-        for settled in std::mem::take(&mut self.quorum_waiting) {
+    /// Looks again at every claim not answered yet ([`Self::settled`]): answered once it is
+    /// settled, confirmed, counts, lost, or past its time; still waiting otherwise.
+    pub(crate) async fn recheck_claims_waiting(&mut self) {
+        for settled in std::mem::take(&mut self.claims_waiting) {
             self.settled(settled).await;
         }
     }
